@@ -1,0 +1,16 @@
+"""flowvi: normalising-flow variational inference in JAX.
+
+Fit a flow to an unnormalised log density (`fit`, reverse KL) or to samples
+(`fit_samples`, forward KL); get a `Posterior` to sample, score, save and load.
+"""
+
+__version__ = "0.1.0"
+
+from flowvi import flows
+from flowvi.fit import fit
+from flowvi.fit_samples import fit_samples
+from flowvi.io import load
+from flowvi.posterior import Posterior
+from flowvi.target import Target
+
+__all__ = ["Posterior", "Target", "__version__", "fit", "fit_samples", "flows", "load"]

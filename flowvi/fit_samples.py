@@ -1,0 +1,173 @@
+"""`fit_samples`: fit a flow to data by maximum likelihood (forward KL)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from flowvi.fit import as_key, default_optimizer, resolve_flow
+from flowvi.flows import Flow
+from flowvi.flows.base import SCALE_FLOOR, _SHIFT
+from flowvi.objectives import negative_log_likelihood
+from flowvi.posterior import Posterior
+from flowvi.progress import Plateau, make_progress_bar
+from flowvi.training import init_state, guarded_step
+from flowvi.validation import check_positive_float, check_positive_int
+
+FIT_SAMPLES_OPTIONS = ("flow", "key", "max_epochs", "patience", "batch_size", "learning_rate", "optimizer",
+                       "validation_fraction", "progress", "max_bad_streak")
+
+
+def check_data(data) -> np.ndarray:
+    """Require a finite 2-D float array ``(n, dim)``."""
+    try:
+        arr = np.asarray(data, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"data must be a numeric array of shape (n, dim): {err}") from None
+    if arr.ndim != 2:
+        raise ValueError(f"data must be 2-D with shape (n, dim), got shape {arr.shape}.")
+    if arr.shape[0] < 2 or arr.shape[1] < 1:
+        raise ValueError(f"data needs at least 2 rows and 1 column, got shape {arr.shape}.")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"data holds {int(bad.sum())} NaN/inf value(s), in rows {rows[:5].tolist()}"
+                         f"{'...' if rows.size > 5 else ''}; remove or impute them first.")
+    return arr
+
+
+def _standardising_affine(data: np.ndarray) -> dict:
+    """Final-layer parameters that map N(0, I) to the data's mean and sd (a good start)."""
+    sd = np.maximum(data.std(axis=0), 10 * SCALE_FLOOR)
+    raw = np.log(np.expm1(sd - SCALE_FLOOR)) - _SHIFT
+    return {"loc": jnp.asarray(data.mean(axis=0), jnp.float32), "raw_scale": jnp.asarray(raw, jnp.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForwardKLConfig:
+    flow: Flow
+    optimizer: optax.GradientTransformation
+    batch_size: int
+    max_bad_streak: int
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train_epoch(config: _ForwardKLConfig, state, train: jax.Array, key: jax.Array):
+    """One shuffled pass over `train: (n, dim)` in minibatches (the remainder is dropped)."""
+    num_batches = train.shape[0] // config.batch_size
+    order = jax.random.permutation(key, train.shape[0])[:num_batches * config.batch_size]
+    batches = train[order].reshape(num_batches, config.batch_size, train.shape[1])
+    loss_fn = functools.partial(negative_log_likelihood, flow=config.flow)
+
+    def body(state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        return guarded_step(state, loss, grads, jnp.array(True), config.optimizer, config.max_bad_streak)
+
+    state, info = jax.lax.scan(body, state, batches)
+    finite = jnp.isfinite(info.loss)
+    return state, jnp.sum(jnp.where(finite, info.loss, 0.0)) / jnp.maximum(finite.sum(), 1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _mean_nll(flow: Flow, params, data: jax.Array) -> jax.Array:
+    return negative_log_likelihood(params, data, flow)
+
+
+def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: int = 100,
+                patience: int | None = 10, batch_size: int = 256, learning_rate: float = 1e-3,
+                optimizer: optax.GradientTransformation | None = None, validation_fraction: float = 0.1,
+                progress: bool | None = None, max_bad_streak: int = 20, **flow_hyperparameters) -> Posterior:
+    """Fit a flow to samples by minimising the negative log-likelihood (forward KL).
+
+    A random `validation_fraction` of the rows is held out; training stops when
+    the held-out NLL has not improved for `patience` epochs, and the parameters
+    with the best held-out NLL are returned. The flow's last affine layer starts
+    at the data's mean and standard deviation.
+
+    Args:
+        data: array ``(n, dim)``, finite.
+        key: PRNG key; the same key gives the same fit.
+        flow: family name or `flowvi.flows.Flow` (default ``"maf"``: one-pass density).
+        max_epochs: maximum passes over the training rows.
+        patience: epochs without held-out improvement before stopping (None: never).
+        batch_size: minibatch rows per step (capped at the training rows).
+        learning_rate: Adam learning rate (with global-norm clipping), unless `optimizer`.
+        optimizer: any optax GradientTransformation.
+        validation_fraction: held-out fraction in ``(0, 1)``.
+        progress: progress bar over epochs (default: when stderr is a terminal).
+        max_bad_streak: consecutive non-finite steps after which training halts.
+        **flow_hyperparameters: passed to the flow family.
+
+    Returns:
+        A `Posterior` with ``target=None``; ``losses`` holds the training NLL per
+        epoch and ``validation_losses`` the held-out NLL per epoch.
+    """
+    key = as_key(key)
+    data = check_data(data)
+    n, dim = data.shape
+    flow = resolve_flow(flow, dim, flow_hyperparameters, FIT_SAMPLES_OPTIONS)
+    max_epochs = check_positive_int("max_epochs", max_epochs)
+    batch_size = check_positive_int("batch_size", batch_size)
+    max_bad_streak = check_positive_int("max_bad_streak", max_bad_streak)
+    if patience is not None:
+        patience = check_positive_int("patience", patience)
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}.")
+    custom_optimizer = optimizer is not None
+    if optimizer is None:
+        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate))
+
+    split_key, init_key, epoch_key = jax.random.split(key, 3)
+    order = np.asarray(jax.random.permutation(split_key, n))
+    n_val = max(1, int(round(n * validation_fraction)))
+    if n - n_val < 1:
+        raise ValueError(f"data has {n} rows: too few to hold out {validation_fraction:.0%} for validation.")
+    val, train = jnp.asarray(data[order[:n_val]]), jnp.asarray(data[order[n_val:]])
+    config = _ForwardKLConfig(flow, optimizer, min(batch_size, train.shape[0]), max_bad_streak)
+
+    start = time.perf_counter()
+    params = flow.init(init_key)
+    params = {**params, "affine": _standardising_affine(np.asarray(train))}
+    state = init_state(params, optimizer)
+    best_params, best_val = params, float(_mean_nll(flow, params, val))
+    plateau = Plateau(patience, 1)
+    train_losses, val_losses = [], []
+    reason = f"completed all {max_epochs} epochs"
+    bar = make_progress_bar(progress, max_epochs, "epoch")
+    try:
+        for epoch in range(max_epochs):
+            state, train_loss = _train_epoch(config, state, train, jax.random.fold_in(epoch_key, epoch))
+            val_loss = float(_mean_nll(flow, state.params, val))
+            train_losses.append(float(train_loss))
+            val_losses.append(val_loss)
+            if np.isfinite(val_loss) and val_loss < best_val:
+                best_params, best_val = state.params, val_loss
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"train NLL {float(train_loss):.4g}  held-out NLL {val_loss:.4g}")
+            if bool(state.halted):
+                reason = (f"stopped in epoch {epoch}: the loss or gradient was non-finite for {max_bad_streak} "
+                          "consecutive steps; the parameters are those with the best held-out NLL")
+                warnings.warn(f"flowvi.fit_samples {reason}.", RuntimeWarning, stacklevel=2)
+                break
+            if plateau.update(0, np.array([val_loss]), epoch + 1):
+                reason = f"early stopping after epoch {epoch + 1}: held-out NLL had not improved for {patience} epochs"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return Posterior(
+        flow=flow, params=jax.tree.map(lambda a: a[None], best_params), target=None,
+        losses=np.asarray(train_losses), stop_reasons=[reason], steps_run=np.array([len(train_losses)]),
+        skipped_steps=np.array([int(state.skipped)]), fit_seconds=time.perf_counter() - start,
+        settings={"objective": "forward_kl", "max_epochs": max_epochs, "batch_size": config.batch_size,
+                  "learning_rate": None if custom_optimizer else learning_rate, "patience": patience,
+                  "validation_fraction": validation_fraction, "num_runs": 1},
+        validation_losses=np.asarray(val_losses))

@@ -1,0 +1,83 @@
+"""Flow families. Each is ``family(dim, **hyperparameters) -> Flow``.
+
+==================  =========================================================
+name                what
+==================  =========================================================
+``gaussian``        diagonal or full-rank Gaussian (``covariance="diag"/"full"``)
+``affine_coupling`` RealNVP affine coupling layers
+``spline_coupling`` rational-quadratic spline coupling (neural spline flow)
+``iaf``             inverse autoregressive flow (affine or spline transformer)
+``maf``             masked autoregressive flow (the inverse of ``iaf``)
+``bnaf``            block neural autoregressive flow (numerical inverse)
+==================  =========================================================
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+from flowvi.flows.autoregressive import iaf, maf
+from flowvi.flows.base import Flow
+from flowvi.flows.bnaf import bnaf
+from flowvi.flows.coupling import affine_coupling, spline_coupling
+from flowvi.flows.gaussian import gaussian
+from flowvi.validation import check_known_options, check_positive_int
+
+FAMILIES = {
+    "gaussian": gaussian,
+    "affine_coupling": affine_coupling,
+    "spline_coupling": spline_coupling,
+    "iaf": iaf,
+    "maf": maf,
+    "bnaf": bnaf,
+}
+
+
+def hyperparameter_names(name: str) -> list[str]:
+    """The keyword hyperparameters that family `name` accepts."""
+    return [p for p in inspect.signature(FAMILIES[name]).parameters if p != "dim"]
+
+
+def _hashable(value):
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_family(name: str, dim: int, hyper: tuple) -> Flow:
+    # One Flow object per (family, dim, hyperparameters): a later fit with the
+    # same configuration then hits JAX's compilation cache.
+    return FAMILIES[name](dim, **dict(hyper))
+
+
+def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
+    """Resolve a family name (plus hyperparameters) or a ready `Flow` for event size `dim`.
+
+    Raises:
+        ValueError: unknown family name (the valid ones are listed), or a `Flow`
+            whose ``dim`` differs from `dim`.
+        TypeError: unknown hyperparameter names (the valid ones are listed).
+    """
+    dim = check_positive_int("dim", dim)
+    if isinstance(flow, Flow):
+        if hyperparameters:
+            raise TypeError(f"flow hyperparameters {sorted(hyperparameters)} were given with a ready Flow; "
+                            "pass them to the family function instead.")
+        if flow.dim != dim:
+            raise ValueError(f"flow has dim={flow.dim} but the target has dim={dim}.")
+        return flow
+    if not isinstance(flow, str) or flow not in FAMILIES:
+        raise ValueError(f"flow={flow!r} is not a known flow family; expected one of "
+                         f"{', '.join(map(repr, FAMILIES))} or a flowvi.flows.Flow.")
+    check_known_options(f"hyperparameter(s) for flow={flow!r}:", hyperparameters, hyperparameter_names(flow))
+    hyper = tuple(sorted((k, _hashable(v)) for k, v in hyperparameters.items()))
+    try:
+        return _cached_family(flow, dim, hyper)
+    except TypeError:  # unhashable hyperparameter value: build without caching
+        return FAMILIES[flow](dim, **hyperparameters)
+
+
+__all__ = ["FAMILIES", "Flow", "affine_coupling", "bnaf", "gaussian", "hyperparameter_names", "iaf",
+           "maf", "make_flow", "spline_coupling"]

@@ -1,0 +1,100 @@
+"""The `Flow` type shared by every family, and the pieces every family uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Lower bound on every learned scale: keeps log-determinants finite.
+SCALE_FLOOR = 1e-3
+# Raw value 0 maps to scale 1: softplus(0 + _SHIFT) + SCALE_FLOOR == 1.
+_SHIFT = float(np.log(np.expm1(1.0 - SCALE_FLOOR)))
+
+
+class Flow(NamedTuple):
+    """A flow family instance: pure functions over a parameter pytree.
+
+    Attributes:
+        name: family name, e.g. ``"spline_coupling"``.
+        dim: event size.
+        hyperparameters: sorted ``(name, value)`` pairs (hashable; see `options`).
+        init: ``key -> params``; the untrained flow is its base distribution.
+        apply: ``params -> distrax.Transformed`` over a standard normal base.
+        inverse_cost: ``"one pass"``, ``"sequential"`` (``dim`` passes) or
+            ``"numerical"`` (root finding): the cost of ``log_prob`` at an
+            arbitrary point.
+    """
+
+    name: str
+    dim: int
+    hyperparameters: tuple
+    init: Callable[[jax.Array], Any]
+    apply: Callable[[Any], distrax.Transformed]
+    inverse_cost: str
+
+    @property
+    def options(self) -> dict:
+        """The hyperparameters as a dict (the keyword arguments of the family)."""
+        return dict(self.hyperparameters)
+
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        shapes = jax.eval_shape(self.init, jax.random.key(0))
+        return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes)))
+
+
+def positive_scale(raw: jax.Array) -> jax.Array:
+    """Map an unconstrained array to scales >= SCALE_FLOOR, with raw 0 -> scale 1."""
+    return jax.nn.softplus(raw + _SHIFT) + SCALE_FLOOR
+
+
+def standard_normal(dim: int) -> distrax.Distribution:
+    """The base distribution: standard normal on R^dim."""
+    return distrax.MultivariateNormalDiag(jnp.zeros(dim), jnp.ones(dim))
+
+
+def init_elementwise_affine(dim: int) -> dict:
+    """Identity parameters for `elementwise_affine`: loc 0, scale 1."""
+    return {"loc": jnp.zeros(dim), "raw_scale": jnp.zeros(dim)}
+
+
+def elementwise_affine(params: dict) -> distrax.Bijector:
+    """``y = loc + scale * x`` per coordinate; the layer that makes any diagonal Gaussian reachable."""
+    return distrax.Block(distrax.ScalarAffine(shift=params["loc"], scale=positive_scale(params["raw_scale"])), 1)
+
+
+def transformed(dim: int, bijector: distrax.Bijector) -> distrax.Transformed:
+    """Standard normal base on R^dim pushed through `bijector`."""
+    return distrax.Transformed(standard_normal(dim), bijector)
+
+
+def affine_transformer(params: jax.Array) -> distrax.Bijector:
+    """Elementwise affine transformer from ``params: (..., dim, 2)`` (shift, raw scale)."""
+    return distrax.ScalarAffine(shift=params[..., 0], scale=positive_scale(params[..., 1]))
+
+
+def spline_transformer(bound: float) -> Callable[[jax.Array], distrax.Bijector]:
+    """Elementwise affine map followed by a rational-quadratic spline on [-bound, bound].
+
+    The spline has identity (linear) tails; the affine map in front lets a
+    layer shift and scale mass that lies outside the spline's interval, so a
+    spline layer can do everything an affine layer can.
+    ``params: (..., dim, 3 * bins + 3)``: shift, raw scale, then the spline's
+    ``3 * bins + 1``. All-zero params give the identity.
+    """
+    def make(params: jax.Array) -> distrax.Bijector:
+        spline = distrax.RationalQuadraticSpline(
+            params[..., 2:], range_min=-bound, range_max=bound, boundary_slopes="identity",
+            min_bin_size=1e-3, min_knot_slope=1e-3)
+        return distrax.Chain([spline, affine_transformer(params[..., :2])])
+    return make
+
+
+def transformer_param_size(transformer: str, bins: int) -> int:
+    """Number of conditioner outputs per coordinate for a transformer."""
+    return 2 if transformer == "affine" else 3 * bins + 3

@@ -1,0 +1,143 @@
+"""`Posterior`: a fitted flow with its target, loss trace and how the fit ended."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowvi.flows import Flow
+from flowvi.target import Target
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _sample_runs(flow: Flow, params, n: int, key: jax.Array):
+    """Each run's own draws: x (runs, n, dim), log_q (runs, n)."""
+    keys = jax.random.split(key, jax.tree.leaves(params)[0].shape[0])
+    return jax.vmap(lambda p, k: flow.apply(p).sample_and_log_prob(seed=k, sample_shape=(n,)))(params, keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_prob_runs(flow: Flow, params, x: jax.Array) -> jax.Array:
+    """log q_r(x) for every run r: (runs, n)."""
+    return jax.vmap(lambda p: flow.apply(p).log_prob(x))(params)
+
+
+@dataclasses.dataclass
+class Posterior:
+    """A fitted flow.
+
+    With ``num_runs > 1`` the posterior is the equal-weight mixture of the runs;
+    `run` selects one.
+
+    Attributes:
+        flow: the `flowvi.flows.Flow` family instance.
+        params: parameters with a leading run axis of length `num_runs`.
+        target: the `flowvi.Target` (None after `flowvi.fit_samples`).
+        losses: numpy loss trace: ``(steps_run,)`` for one run, ``(num_runs,
+            max_steps)`` NaN-padded for several. Negative ELBO per step for
+            `flowvi.fit`; training NLL per epoch for `flowvi.fit_samples`.
+        stop_reasons: why each run stopped, in words.
+        steps_run: ``(num_runs,)`` steps (or epochs) run.
+        skipped_steps: ``(num_runs,)`` steps skipped for non-finite values.
+        fit_seconds: wall time of the fit, compilation included.
+        settings: the options the fit used.
+        validation_losses: per-epoch held-out NLL (`fit_samples` only).
+    """
+
+    flow: Flow
+    params: Any
+    target: Target | None
+    losses: np.ndarray
+    stop_reasons: list[str]
+    steps_run: np.ndarray
+    skipped_steps: np.ndarray
+    fit_seconds: float
+    settings: dict
+    validation_losses: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        """Event size."""
+        return self.flow.dim
+
+    @property
+    def num_runs(self) -> int:
+        """Number of independent runs held."""
+        return int(jax.tree.leaves(self.params)[0].shape[0])
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the fit stopped (one line per run when there are several)."""
+        if self.num_runs == 1:
+            return self.stop_reasons[0]
+        return "; ".join(f"run {i}: {r}" for i, r in enumerate(self.stop_reasons))
+
+    def run(self, i: int) -> Posterior:
+        """The posterior of run `i` alone."""
+        if not 0 <= i < self.num_runs:
+            raise IndexError(f"run index {i} out of range for num_runs={self.num_runs}.")
+        losses = self.losses if self.num_runs == 1 else self.losses[i][np.isfinite(self.losses[i])]
+        return dataclasses.replace(
+            self, params=jax.tree.map(lambda a: a[i:i + 1], self.params), losses=losses,
+            stop_reasons=[self.stop_reasons[i]], steps_run=self.steps_run[i:i + 1],
+            skipped_steps=self.skipped_steps[i:i + 1])
+
+    @property
+    def distribution(self) -> distrax.Transformed:
+        """The fitted `distrax.Transformed` (single-run posteriors; use `run(i)` otherwise)."""
+        if self.num_runs != 1:
+            raise ValueError(f"this posterior holds {self.num_runs} runs; use post.run(i).distribution.")
+        return self.flow.apply(jax.tree.map(lambda a: a[0], self.params))
+
+    def sample_runs(self, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array]:
+        """Draws from each run separately.
+
+        Returns:
+            ``x: (num_runs, num_draws, dim)`` and each run's own ``log_q: (num_runs, num_draws)``.
+        """
+        return _sample_runs(self.flow, self.params, int(num_draws), key)
+
+    def sample_and_log_prob(self, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array]:
+        """Draws and their log density under the posterior.
+
+        Returns:
+            ``x: (num_draws, dim)``, ``log_q: (num_draws,)``. With several runs the
+            draws are stratified over runs and ``log_q`` is the mixture density
+            (which needs each run's inverse: slow for ``iaf`` and ``bnaf``).
+        """
+        num_draws = int(num_draws)
+        if self.num_runs == 1:
+            x, log_q = self.sample_runs(key, num_draws)
+            return x[0], log_q[0]
+        per_run = -(-num_draws // self.num_runs)
+        x, _ = self.sample_runs(key, per_run)
+        x = jnp.swapaxes(x, 0, 1).reshape(-1, self.dim)[:num_draws]
+        return x, self.log_prob(x)
+
+    def sample(self, key: jax.Array, num_draws: int) -> jax.Array:
+        """``num_draws`` draws, shape ``(num_draws, dim)``."""
+        return self.sample_and_log_prob(key, num_draws)[0]
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar)."""
+        x = jnp.asarray(x)
+        if x.shape[-1:] != (self.dim,) or x.ndim not in (1, 2):
+            raise ValueError(f"x must have shape (n, {self.dim}) or ({self.dim},), got {x.shape}.")
+        per_run = _log_prob_runs(self.flow, self.params, jnp.atleast_2d(x))
+        out = jax.nn.logsumexp(per_run, axis=0) - jnp.log(self.num_runs)
+        return out[0] if x.ndim == 1 else out
+
+    def save(self, path) -> None:
+        """Write the fit to `path` (arrays and JSON metadata in an npz archive; no pickle)."""
+        from flowvi.io import save
+        save(self, path)
+
+    def __repr__(self) -> str:
+        return (f"Posterior(flow={self.flow.name!r}, dim={self.dim}, num_runs={self.num_runs}, "
+                f"steps_run={self.steps_run.tolist()}, stop_reason={self.stop_reason!r})")

@@ -1,0 +1,98 @@
+"""Compiled optimisation steps: a non-finite-safe update and chunks of steps under `lax.scan`.
+
+The host sees training only between chunks (progress bar, early stopping,
+stop checks), so a step costs one device dispatch per chunk, not per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(NamedTuple):
+    """Per-run optimisation state (all arrays; leading run axis when vmapped).
+
+    Attributes:
+        params: flow parameters.
+        opt_state: optax state.
+        step: steps run so far (skipped steps included).
+        skipped: steps skipped because the loss or gradient was non-finite.
+        bad_streak: consecutive non-finite steps.
+        halted: True once `bad_streak` reached the limit; no further updates.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    skipped: jax.Array
+    bad_streak: jax.Array
+    halted: jax.Array
+
+
+class StepInfo(NamedTuple):
+    """What one step reports: loss, gradient global norm, whether it ran and was skipped."""
+
+    loss: jax.Array
+    grad_norm: jax.Array
+    ran: jax.Array
+    skipped: jax.Array
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """Fresh state for `params`."""
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(params, optimizer.init(params), zero, zero, zero, jnp.zeros((), bool))
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True when every leaf of `tree` is finite."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Array,
+                 optimizer: optax.GradientTransformation, max_bad_streak: int) -> tuple[TrainState, StepInfo]:
+    """Apply one optimiser update unless the loss or gradient is non-finite.
+
+    A non-finite step leaves parameters and optimiser state untouched and is
+    counted; `max_bad_streak` of them in a row halt the run, keeping the last
+    finite parameters. `active=False` (early-stopped or finished) is a no-op.
+    """
+    run = active & ~state.halted
+    finite = jnp.isfinite(loss) & all_finite(grads)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    apply = run & finite
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
+    bad = run & ~finite
+    bad_streak = jnp.where(bad, state.bad_streak + 1, jnp.where(apply, 0, state.bad_streak))
+    new_state = TrainState(
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        step=state.step + run.astype(jnp.int32),
+        skipped=state.skipped + bad.astype(jnp.int32),
+        bad_streak=bad_streak,
+        halted=state.halted | (bad_streak >= max_bad_streak),
+    )
+    return new_state, StepInfo(loss, optax.global_norm(grads), run, bad)
+
+
+def scan_steps(loss_fn: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation,
+               state: TrainState, run_key: jax.Array, total_steps: jax.Array, length: int,
+               max_bad_streak: int, active: jax.Array) -> tuple[TrainState, StepInfo]:
+    """Run `length` reverse-KL steps of one run under `lax.scan`.
+
+    The key of step ``t`` is ``fold_in(run_key, t)``, so results do not depend
+    on how steps are split into chunks. Steps past `total_steps` are no-ops.
+    """
+    def body(state, _):
+        key = jax.random.fold_in(run_key, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, key)
+        return guarded_step(state, loss, grads, active & (state.step < total_steps), optimizer, max_bad_streak)
+
+    return jax.lax.scan(body, state, None, length=length)
