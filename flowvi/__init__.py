@@ -6,11 +6,11 @@ Fit a flow to an unnormalised log density (`fit`, reverse KL) or to samples
 
 __version__ = "0.1.0"
 
-from flowvi import flows
+from flowvi import diagnostics, flows, plots
 from flowvi.fit import fit
 from flowvi.fit_samples import fit_samples
 from flowvi.io import load
 from flowvi.posterior import Posterior
 from flowvi.target import Target
 
-__all__ = ["Posterior", "Target", "__version__", "fit", "fit_samples", "flows", "load"]
+__all__ = ["Posterior", "Target", "__version__", "diagnostics", "fit", "fit_samples", "flows", "load", "plots"]

@@ -124,6 +124,36 @@ class Posterior:
         """``num_draws`` draws, shape ``(num_draws, dim)``."""
         return self.sample_and_log_prob(key, num_draws)[0]
 
+    def sample_posterior(self, key: jax.Array, num_draws: int, target: Target | None = None) -> dict:
+        """Draws as named, constrained arrays: ``target.constrain(self.sample(key, num_draws))``.
+
+        For a `flowvi.Target.from_numpyro` target: every latent site,
+        constrained, ``(num_draws, *site_shape)``, plus the deterministic sites.
+        For a plain `Target`: ``{"x": (num_draws, dim)}``.
+
+        Args:
+            key: PRNG key.
+            num_draws: number of draws.
+            target: the target to constrain with; default the fitted one.
+
+        Raises:
+            ValueError: no target (fits from `flowvi.fit_samples`, or loaded
+                without one), or a target whose latent dimension differs from the fit's.
+        """
+        target = self.target if target is None else target
+        if target is None:
+            raise ValueError("this posterior has no target to constrain with (it came from "
+                             "flowvi.fit_samples, or flowvi.load without target=); use post.sample(key, n) "
+                             "for flat draws, or pass target=.")
+        fitted = getattr(self.target, "site_shapes", None)
+        given = getattr(target, "site_shapes", None)
+        if target.dim != self.dim or (fitted is not None and given is not None and fitted != given):
+            raise ValueError(f"the latent dimension changed between fit and sampling: the fit has dim={self.dim}"
+                             f"{f' {fitted}' if fitted is not None else ''}, the target has dim={target.dim}"
+                             f"{f' {given}' if given is not None else ''}. Build the target from the "
+                             "model arguments the fit used, or refit.")
+        return target.constrain(self.sample(key, num_draws))
+
     def log_prob(self, x: jax.Array) -> jax.Array:
         """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar)."""
         x = jnp.asarray(x)
@@ -141,3 +171,26 @@ class Posterior:
     def __repr__(self) -> str:
         return (f"Posterior(flow={self.flow.name!r}, dim={self.dim}, num_runs={self.num_runs}, "
                 f"steps_run={self.steps_run.tolist()}, stop_reason={self.stop_reason!r})")
+
+    def diagnose(self, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 100):
+        """How good the fit is: ELBO, log Z estimate, Pareto k-hat, importance ESS, R-hat across runs.
+
+        See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run.
+
+        Returns:
+            `flowvi.diagnostics.Diagnostics`; ``print`` it for a table and a verdict.
+        """
+        from flowvi.diagnostics import diagnose
+        return diagnose(self, key, num_draws, iw_k=iw_k)
+
+    def to_arviz(self, key: jax.Array, num_draws: int = 1000, *, resample: bool = False, var_name: str = "x",
+                 dims: dict | None = None, coords: dict | None = None, log_likelihood: bool = True,
+                 posterior_predictive: bool = False):
+        """Draws as ArviZ data, chain = run; see `flowvi.arviz_export.to_arviz`.
+
+        Returns:
+            ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
+        """
+        from flowvi.arviz_export import to_arviz
+        return to_arviz(self, key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
+                        log_likelihood=log_likelihood, posterior_predictive=posterior_predictive)

@@ -45,6 +45,31 @@ class Target:
             raise ValueError(f"names has {len(names)} entries but dim={self.dim}.")
         self.names = names
 
+    @classmethod
+    def from_numpyro(cls, model: Callable, *args: Any, **kwargs: Any) -> Target:
+        """The posterior of a NumPyro model on its flat, unconstrained latent vector.
+
+        Args:
+            model: a NumPyro model.
+            *args, **kwargs: the model's arguments (data), e.g. ``sigma, y=y``.
+
+        Returns:
+            A `flowvi.numpyro_target.NumPyroTarget`: log density from NumPyro's
+            potential energy (its own transforms and Jacobians), coordinate
+            names, and ``constrain`` back to named, constrained sites plus
+            deterministic sites.
+
+        Examples:
+            >>> import numpyro, numpyro.distributions as dist, flowvi
+            >>> def model(n):
+            ...     with numpyro.plate("i", n):
+            ...         numpyro.sample("p", dist.Beta(2.0, 2.0))
+            >>> flowvi.Target.from_numpyro(model, 2).names
+            ['p[0]', 'p[1]']
+        """
+        from flowvi.numpyro_target import from_numpyro
+        return from_numpyro(model, *args, **kwargs)
+
     def __repr__(self) -> str:
         return f"Target(dim={self.dim}, names={self.names if self.dim <= 6 else self.names[:6] + ['...']})"
 

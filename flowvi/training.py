@@ -79,7 +79,7 @@ def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Arr
         bad_streak=bad_streak,
         halted=state.halted | (bad_streak >= max_bad_streak),
     )
-    return new_state, StepInfo(loss, optax.global_norm(grads), run, bad)
+    return new_state, StepInfo(loss, optax.tree.norm(grads), run, bad)
 
 
 def scan_steps(loss_fn: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation,

@@ -55,7 +55,7 @@ def _autoregressive_flow(name: str, dim: int, layers, hidden, transformer: str, 
 
     hyper = (("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers),
              ("transformer", transformer))
-    return Flow(name, dim, hyper, init, apply, "sequential" if not invert else "one pass")
+    return Flow(name, dim, hyper, jax.jit(init), apply, "sequential" if not invert else "one pass")
 
 
 def iaf(dim: int, layers: int = 4, hidden=(64, 64), transformer: str = "affine", bins: int = 8,

@@ -78,4 +78,4 @@ def bnaf(dim: int, layers: int = 2, block_size=(16,)) -> Flow:
         return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
 
     hyper = (("block_size", blocks), ("layers", layers))
-    return Flow("bnaf", dim, hyper, init, apply, "numerical")
+    return Flow("bnaf", dim, hyper, jax.jit(init), apply, "numerical")

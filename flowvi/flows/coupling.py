@@ -48,7 +48,7 @@ def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: 
         stack = LayerScan(make_layer, params["conditioners"], masks)
         return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
 
-    return Flow(name, dim, hyper, init, apply, "one pass")
+    return Flow(name, dim, hyper, jax.jit(init), apply, "one pass")
 
 
 def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64)) -> Flow:

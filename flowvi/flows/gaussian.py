@@ -34,4 +34,4 @@ def gaussian(dim: int, covariance: str = "diag") -> Flow:
             bijector = distrax.Chain([bijector, distrax.TriangularLinear(lower, is_lower=True)])
         return transformed(dim, bijector)
 
-    return Flow("gaussian", dim, (("covariance", covariance),), init, apply, "one pass")
+    return Flow("gaussian", dim, (("covariance", covariance),), jax.jit(init), apply, "one pass")

@@ -1,0 +1,200 @@
+"""`to_arviz`: a fit as ArviZ data, chain = independent run.
+
+Groups: ``posterior`` (named, constrained variables with dims ``(chain, draw,
+...)``), ``sample_stats`` (``log_p``, ``log_q``, ``log_weight``,
+``log_weight_psis``) and, for NumPyro models with observed sites,
+``observed_data``, ``log_likelihood`` (per observation, for ``az.loo`` and
+``az.compare``) and, on request, ``posterior_predictive``. The attributes
+record how the fit was made and how good it is (k-hat, log Z, ELBO).
+
+ArviZ 0.x returns an ``arviz.InferenceData``; ArviZ 1.x an ``xarray.DataTree``
+with the same groups.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowvi.diagnostics import _analyse, arviz_major, importance_draws
+
+
+def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = False,
+             var_name: str = "x", dims: dict | None = None, coords: dict | None = None,
+             log_likelihood: bool = True, posterior_predictive: bool = False):
+    """Draws of every run as ArviZ data: chain = run, draw = draw.
+
+    Args:
+        post: a `flowvi.Posterior`.
+        key: PRNG key; the same key gives the same export.
+        num_draws: draws per run (per chain).
+        resample: replace each run's draws by a PSIS importance resample of them
+            (systematic resampling with the smoothed weights, so repeats appear):
+            the draws then follow the target more closely than the flow does.
+            Needs the target.
+        var_name: name of the single posterior variable of a plain `flowvi.Target`.
+        dims: ``{variable: [dim names]}`` as in ArviZ converters; it overrides
+            the dims inferred from NumPyro plates. A plain target's variable has
+            the dim ``f"{var_name}_dim_0"``.
+        coords: ``{dim name: values}`` as in ArviZ converters. A plain target
+            with its own ``names`` uses them as the coordinate of its variable.
+        log_likelihood: include the pointwise log likelihood of a NumPyro
+            model's observed sites.
+        posterior_predictive: include draws of the observed sites given each
+            posterior draw (NumPyro models).
+
+    Returns:
+        ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
+
+    Raises:
+        ValueError: ``resample=True`` without a target, or
+            ``posterior_predictive=True`` for a target that is not a NumPyro model.
+
+    Examples:
+        >>> import jax, flowvi
+        >>> post = flowvi.fit(lambda x: -0.5 * (x ** 2).sum(), dim=2, flow="gaussian",
+        ...                   steps=300, num_runs=2, key=jax.random.key(0))
+        >>> idata = post.to_arviz(jax.random.key(1), num_draws=100)
+        >>> idata.posterior["x"].shape
+        (2, 100, 2)
+    """
+    from flowvi.fit import as_key
+    from flowvi.validation import check_positive_int
+
+    num_draws = check_positive_int("num_draws", num_draws)
+    draw_key, resample_key, predict_key = jax.random.split(as_key(key), 3)
+    target = post.target
+    runs = post.num_runs
+    if posterior_predictive and not _is_numpyro(target):
+        raise ValueError("posterior_predictive=True needs a NumPyro model target (flowvi.Target.from_numpyro): "
+                         "a plain log density has no observed sites to predict.")
+    diag = None
+    if target is None:
+        if resample:
+            raise ValueError("resample=True needs the target's log density, and this Posterior has none "
+                             "(a fit_samples fit, or flowvi.load without target=).")
+        x, log_q = post.sample_runs(draw_key, num_draws)
+        x, log_q = np.asarray(x, dtype=np.float64), np.asarray(log_q, dtype=np.float64)
+        stats = {"log_q": log_q}
+    else:
+        x, log_p, log_q = importance_draws(post, draw_key, num_draws)
+        diag, smoothed = _analyse(x, log_p, log_q, names=target.names, iw_k=None)
+        stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q, "log_weight_psis": smoothed}
+        if resample:
+            idx = _systematic_resample(resample_key, smoothed)
+            x = np.take_along_axis(x, idx[..., None], axis=1)
+            stats = {k: np.take_along_axis(v, idx, axis=1) for k, v in stats.items()}
+
+    names = target.names if target is not None else [f"x[{i}]" for i in range(post.dim)]
+    variables = target.constrain(jnp.asarray(x.reshape(-1, post.dim))) \
+        if target is not None else {"x": x.reshape(-1, post.dim)}
+    dims, coords = dict(dims or {}), dict(coords or {})
+    if set(variables) == {"x"} and np.shape(variables["x"]) == (runs * num_draws, post.dim):
+        # A flat target: one variable, its coordinate names (when the target has its own) as coords.
+        posterior = {var_name: x}
+        dim_name = f"{var_name}_dim_0"
+        dims.setdefault(var_name, [dim_name])
+        default_names = names == [f"x[{i}]" for i in range(post.dim)]
+        if not default_names and dims[var_name] == [dim_name]:
+            coords.setdefault(dim_name, list(names))
+    else:
+        posterior = {k: np.asarray(v).reshape(runs, num_draws, *np.shape(v)[1:]) for k, v in variables.items()}
+
+    groups: dict[str, dict] = {"posterior": posterior, "sample_stats": stats}
+    if _is_numpyro(target):
+        dims = {**_plate_dims(target), **dims}
+        groups.update(_numpyro_groups(target, posterior, predict_key, log_likelihood, posterior_predictive))
+
+    attrs = _attrs(post, diag, num_draws, resample)
+    import arviz
+    # The attributes go on the root and on the posterior and sample_stats groups (where
+    # ArviZ's own converters put inference_library).
+    if arviz_major() >= 1:
+        per_group = {group: dict(attrs) for group in ("/", "posterior", "sample_stats")}
+        return arviz.from_dict(groups, dims=dims, coords=coords, attrs=per_group)
+    return arviz.from_dict(**groups, dims=dims, coords=coords, attrs=dict(attrs),
+                           posterior_attrs=dict(attrs), sample_stats_attrs=dict(attrs))
+
+
+def _systematic_resample(key: jax.Array, log_weights: np.ndarray) -> np.ndarray:
+    """Indices ``(runs, n)``: a systematic resample of each run's draws with their (smoothed) weights."""
+    runs, n = log_weights.shape
+    u = np.asarray(jax.random.uniform(key, (runs, 1)), dtype=np.float64)
+    positions = (u + np.arange(n)) / n
+    w = np.exp(log_weights - log_weights.max(axis=1, keepdims=True))
+    cdf = np.cumsum(w, axis=1)
+    cdf /= cdf[:, -1:]
+    idx = np.stack([np.searchsorted(cdf[r], positions[r], side="right") for r in range(runs)])
+    return np.minimum(idx, n - 1)
+
+
+def _is_numpyro(target) -> bool:
+    return target is not None and callable(getattr(target, "model", None)) and hasattr(target, "observed_sites")
+
+
+def _plate_dims(target) -> dict[str, list[str]]:
+    """Dim names from the model's plates, as ArviZ's NumPyro converter infers them."""
+    if arviz_major() >= 1:
+        from arviz_base.io_numpyro import infer_dims
+    else:
+        from arviz.data.io_numpyro import infer_dims
+    return infer_dims(target.model, target.model_args, target.model_kwargs)
+
+
+def _numpyro_groups(target, posterior: dict, key: jax.Array, log_likelihood: bool,
+                    posterior_predictive: bool) -> dict[str, dict]:
+    """observed_data, log_likelihood and posterior_predictive of a NumPyro model, (chain, draw, ...)."""
+    from numpyro.handlers import uncondition
+    from numpyro.infer import Predictive
+    from numpyro.infer.util import log_likelihood as numpyro_log_likelihood
+
+    groups: dict[str, dict] = {}
+    observed = {k: np.asarray(v) for k, v in target.observed_sites.items()}
+    if not observed:
+        return groups
+    groups["observed_data"] = observed
+    latents = {k: jnp.asarray(v) for k, v in posterior.items() if k in target.site_shapes}
+    if log_likelihood:
+        ll = numpyro_log_likelihood(target.model, latents, *target.model_args, batch_ndims=2,
+                                    **target.model_kwargs)
+        groups["log_likelihood"] = {k: np.asarray(v) for k, v in ll.items() if k in observed}
+    if posterior_predictive:
+        predictive = Predictive(uncondition(target.model), posterior_samples=latents, batch_ndims=2,
+                                return_sites=list(observed))
+        draws = predictive(key, *target.model_args, **target.model_kwargs)
+        groups["posterior_predictive"] = {k: np.asarray(v) for k, v in draws.items()}
+    return groups
+
+
+def _attrs(post, diag, num_draws: int, resample: bool) -> dict[str, Any]:
+    """netCDF-safe attributes: strings, numbers and lists of numbers only."""
+    from flowvi import __version__
+
+    losses = np.atleast_2d(np.asarray(post.losses, dtype=np.float64))
+    final = [float(-row[np.isfinite(row)][-1]) if np.isfinite(row).any() else float("nan") for row in losses]
+    attrs: dict[str, Any] = {
+        "inference_library": "flowvi",
+        "inference_library_version": __version__,
+        "flow": post.flow.name,
+        "flow_hyperparameters": json.dumps(post.flow.options, default=list, sort_keys=True),
+        "num_runs": int(post.num_runs),
+        "steps_run": [int(s) for s in np.asarray(post.steps_run)],
+        "skipped_steps": [int(s) for s in np.asarray(post.skipped_steps)],
+        "stop_reason": post.stop_reason,
+        "fit_settings": json.dumps(post.settings, default=str, sort_keys=True),
+        "fit_seconds": float(post.fit_seconds),
+        "final_training_elbo": final,
+        "num_draws": int(num_draws),
+        "resampled": int(bool(resample)),
+    }
+    if diag is not None:
+        attrs.update(elbo=diag.elbo, elbo_se=diag.elbo_se, log_z=diag.log_z, log_z_se=diag.log_z_se,
+                     k_hat=diag.k_hat, importance_ess=diag.ess, verdict=diag.verdict)
+    return attrs
+
+
+__all__ = ["to_arviz"]
