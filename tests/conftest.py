@@ -31,6 +31,7 @@ BANANA_SD = np.array([1.0, 1.5])  # Var(x1) = Var(x0^2) + 0.25 = 2.25
 BANANA_LOG_Z = float(np.log(np.pi))
 
 
+@jax.jit
 def randomize(params, key, scale=0.3):
     """Perturb every leaf so a flow is far from its identity initialisation."""
     leaves, treedef = jax.tree.flatten(params)

@@ -32,39 +32,49 @@ def _random_flow(name, kw, seed=0):
     return flow, params
 
 
+def _log_dets(flow_apply, params, xs):
+    bij = flow_apply(params).bijector
+    _, batched = bij.forward_and_log_det(xs)
+    exact = jax.vmap(lambda x: jnp.linalg.slogdet(jax.jacfwd(bij.forward)(x))[1])(xs)
+    single = jax.vmap(lambda x: bij.forward_and_log_det(x)[1])(xs)
+    return batched, exact, single
+
+
 @pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
 def test_log_det_matches_jacfwd(x64, name, kw):
     flow, params = _random_flow(name, kw)
-    bij = flow.apply(params).bijector
     xs = jax.random.normal(jax.random.key(1), (5, DIM), jnp.float64) * 1.5
-    _, log_det = bij.forward_and_log_det(xs)
-    exact = jax.vmap(lambda x: jnp.linalg.slogdet(jax.jacfwd(bij.forward)(x))[1])(xs)
+    log_det, exact, single = jax.jit(_log_dets, static_argnums=0)(flow.apply, params, xs)
     np.testing.assert_allclose(log_det, exact, rtol=1e-8, atol=1e-8)
-    # And the per-point (unbatched) call agrees with the batched one.
-    np.testing.assert_allclose(jax.vmap(lambda x: bij.forward_and_log_det(x)[1])(xs), log_det, atol=1e-10)
+    # The per-point (unbatched) call agrees with the batched one.
+    np.testing.assert_allclose(single, log_det, atol=1e-10)
+
+
+def _round_trip(flow_apply, params, u, key):
+    dist = flow_apply(params)
+    x, fwd_log_det = dist.bijector.forward_and_log_det(u)
+    u_back, inv_log_det = dist.bijector.inverse_and_log_det(x)
+    x2, log_q = dist.sample_and_log_prob(seed=key, sample_shape=(6,))
+    return u_back, inv_log_det, fwd_log_det, dist.log_prob(x2), log_q
 
 
 @pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
 def test_inverse_round_trips(x64, name, kw):
     flow, params = _random_flow(name, kw)
-    dist = flow.apply(params)
-    bij = dist.bijector
     u = jax.random.normal(jax.random.key(2), (6, DIM), jnp.float64)
-    x, fwd_log_det = bij.forward_and_log_det(u)
-    u_back, inv_log_det = bij.inverse_and_log_det(x)
+    u_back, inv_log_det, fwd_log_det, log_prob, log_q = jax.jit(_round_trip, static_argnums=0)(
+        flow.apply, params, u, jax.random.key(3))
     np.testing.assert_allclose(u_back, u, atol=1e-7)
     np.testing.assert_allclose(inv_log_det, -fwd_log_det, atol=1e-7)
     # Density of own samples (one pass) equals log_prob at the same points (inverse).
-    x2, log_q = dist.sample_and_log_prob(seed=jax.random.key(3), sample_shape=(6,))
-    np.testing.assert_allclose(dist.log_prob(x2), log_q, atol=1e-7)
+    np.testing.assert_allclose(log_prob, log_q, atol=1e-7)
 
 
 @pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
 def test_identity_at_initialisation(name, kw):
     flow = flows.make_flow(name, DIM, **kw)
-    dist = flow.apply(flow.init(jax.random.key(4)))
     u = jax.random.normal(jax.random.key(5), (7, DIM))
-    x, log_det = dist.bijector.forward_and_log_det(u)
+    x, log_det = jax.jit(lambda p: flow.apply(p).bijector.forward_and_log_det(u))(flow.init(jax.random.key(4)))
     np.testing.assert_allclose(x, u, atol=2e-5)
     np.testing.assert_allclose(log_det, 0.0, atol=2e-5)
 
@@ -74,7 +84,8 @@ def test_random_parameters_are_not_identity(name, kw):
     # Guards the tests above: the randomised flows really transform.
     flow, params = _random_flow(name, kw)
     u = jax.random.normal(jax.random.key(6), (4, DIM))
-    assert float(jnp.abs(flow.apply(params).bijector.forward(u) - u).max()) > 1e-2
+    x = jax.jit(lambda p: flow.apply(p).bijector.forward(u))(params)
+    assert float(jnp.abs(x - u).max()) > 1e-2
 
 
 def test_autoregressive_structure_of_masked_autoregressive():
