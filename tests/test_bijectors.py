@@ -91,7 +91,7 @@ def test_random_parameters_are_not_identity(name, kw):
 def test_autoregressive_structure_of_masked_autoregressive():
     # Output i must not depend on inputs >= i (strictly lower-triangular off-diagonal Jacobian).
     flow, params = _random_flow("iaf", {"layers": 1, "hidden": (8,)})
-    layer_params = jax.tree.map(lambda a: a[0], params["conditioners"])
+    layer_params = jax.tree.map(lambda a: a[0], params["layers"])
     from flowvi.flows.base import affine_transformer
     from flowvi.nn import apply_mlp, made_masks
     masks = [jnp.asarray(m) for m in made_masks(DIM, (8,), 2)]
@@ -104,7 +104,7 @@ def test_autoregressive_structure_of_masked_autoregressive():
 
 def test_bnaf_block_is_autoregressive_and_monotone():
     flow, params = _random_flow("bnaf", {"layers": 1, "block_size": (4,)}, seed=3)
-    net = jax.tree.map(lambda a: a[0], params["networks"])
+    net = jax.tree.map(lambda a: a[0], params["layers"])
     bij = BlockAutoregressive(net, DIM)
     jac = jax.jacfwd(bij.forward)(jnp.array([0.5, -1.0, 2.0]))
     np.testing.assert_allclose(jnp.triu(jac, 1), 0.0)

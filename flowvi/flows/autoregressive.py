@@ -9,18 +9,21 @@ import distrax
 import jax
 import jax.numpy as jnp
 
-from flowvi.bijectors import LayerScan, MaskedAutoregressive, Reverse
+from flowvi.bijectors import MaskedAutoregressive, Reverse
 from flowvi.flows.base import (
     Flow,
     affine_transformer,
-    elementwise_affine,
-    init_elementwise_affine,
+    layered_flow,
     spline_transformer,
-    transformed,
     transformer_param_size,
 )
 from flowvi.nn import apply_mlp, init_mlp, made_masks
-from flowvi.validation import check_choice, check_int_tuple, check_positive_float, check_positive_int
+from flowvi.validation import (
+    check_choice,
+    check_int_tuple,
+    check_positive_float,
+    check_positive_int,
+)
 
 
 def _autoregressive_flow(name: str, dim: int, layers, hidden, transformer: str, bins, bound,
@@ -35,11 +38,6 @@ def _autoregressive_flow(name: str, dim: int, layers, hidden, transformer: str, 
     masks = [jnp.asarray(m) for m in made_masks(dim, hidden, param_size)]
     flips = jnp.arange(layers) % 2 == 1
 
-    def init(key: jax.Array) -> dict:
-        keys = jax.random.split(key, layers)
-        conditioners = jax.vmap(lambda k: init_mlp(k, (dim, *hidden, dim * param_size)))(keys)
-        return {"conditioners": conditioners, "affine": init_elementwise_affine(dim)}
-
     def make_layer(conditioner_params, flip) -> distrax.Bijector:
         def conditioner(x):
             out = apply_mlp(conditioner_params, x, masks)
@@ -49,13 +47,13 @@ def _autoregressive_flow(name: str, dim: int, layers, hidden, transformer: str, 
             autoregressive = distrax.Inverse(autoregressive)
         return distrax.Chain([Reverse(flip), autoregressive, Reverse(flip)])
 
-    def apply(params: dict) -> distrax.Transformed:
-        stack = LayerScan(make_layer, params["conditioners"], flips)
-        return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
+    def init_layer(key: jax.Array) -> list[dict]:
+        return init_mlp(key, (dim, *hidden, dim * param_size))
 
     hyper = (("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers),
              ("transformer", transformer))
-    return Flow(name, dim, hyper, jax.jit(init), apply, "sequential" if not invert else "one pass")
+    return layered_flow(name, dim, hyper, layers, init_layer, make_layer, flips,
+                        "sequential" if not invert else "one pass")
 
 
 def iaf(dim: int, layers: int = 4, hidden=(64, 64), transformer: str = "affine", bins: int = 8,

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowvi.bijectors import LayerScan
+
 # Lower bound on every learned scale: keeps log-determinants finite.
 SCALE_FLOOR = 1e-3
 # Raw value 0 maps to scale 1: softplus(0 + _SHIFT) + SCALE_FLOOR == 1.
@@ -46,6 +48,29 @@ class Flow(NamedTuple):
         """Number of trainable scalars."""
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         return int(sum(np.prod(s.shape) for s in jax.tree.leaves(shapes)))
+
+
+def layered_flow(name: str, dim: int, hyperparameters: tuple, num_layers: int,
+                 init_layer: Callable[[jax.Array], Any], make_layer: Callable[[Any, Any], distrax.Bijector],
+                 consts: Any, inverse_cost: str) -> Flow:
+    """A flow of `num_layers` stacked layers (scanned) followed by a learnable elementwise affine map.
+
+    Args:
+        init_layer: ``key -> layer params`` (identity at init); vmapped over layers.
+        make_layer: ``(layer params, layer consts) -> distrax.Bijector``.
+        consts: non-trainable per-layer arrays (leading axis `num_layers`).
+
+    Params are ``{"layers": stacked layer params, "affine": elementwise affine}``.
+    """
+    def init(key: jax.Array) -> dict:
+        layers = jax.vmap(init_layer)(jax.random.split(key, num_layers))
+        return {"layers": layers, "affine": init_elementwise_affine(dim)}
+
+    def apply(params: dict) -> distrax.Transformed:
+        stack = LayerScan(make_layer, params["layers"], consts)
+        return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
+
+    return Flow(name, dim, hyperparameters, jax.jit(init), apply, inverse_cost)
 
 
 def positive_scale(raw: jax.Array) -> jax.Array:

@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi.bijectors import BlockAutoregressive, LayerScan, Reverse
-from flowvi.flows.base import Flow, elementwise_affine, init_elementwise_affine, transformed
+from flowvi.bijectors import BlockAutoregressive, Reverse
+from flowvi.flows.base import Flow, layered_flow
 from flowvi.validation import check_int_tuple, check_positive_int
 
 _INIT_LOG_SD = 0.3
@@ -65,17 +65,9 @@ def bnaf(dim: int, layers: int = 2, block_size=(16,)) -> Flow:
     layers = check_positive_int("layers", layers)
     blocks = check_int_tuple("block_size", block_size)
 
-    def init(key: jax.Array) -> dict:
-        keys = jax.random.split(key, layers)
-        networks = jax.vmap(lambda k: _init_network(k, dim, blocks))(keys)
-        return {"networks": networks, "affine": init_elementwise_affine(dim)}
-
     def make_layer(network_params, flip) -> distrax.Bijector:
         return distrax.Chain([Reverse(flip), BlockAutoregressive(network_params, dim), Reverse(flip)])
 
-    def apply(params: dict) -> distrax.Transformed:
-        stack = LayerScan(make_layer, params["networks"], jnp.arange(layers) % 2 == 1)
-        return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
-
     hyper = (("block_size", blocks), ("layers", layers))
-    return Flow("bnaf", dim, hyper, jax.jit(init), apply, "numerical")
+    return layered_flow("bnaf", dim, hyper, layers, lambda key: _init_network(key, dim, blocks), make_layer,
+                        jnp.arange(layers) % 2 == 1, "numerical")

@@ -12,14 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi.bijectors import LayerScan
 from flowvi.flows.base import (
     Flow,
     affine_transformer,
-    elementwise_affine,
-    init_elementwise_affine,
+    layered_flow,
     spline_transformer,
-    transformed,
     transformer_param_size,
 )
 from flowvi.nn import apply_mlp, init_mlp
@@ -33,22 +30,16 @@ def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: 
                          f"got dim={dim}. Use 'gaussian' or 'iaf' for dim=1.")
     masks = jnp.asarray(np.stack([(np.arange(dim) + k) % 2 == 0 for k in range(layers)]))
 
-    def init(key: jax.Array) -> dict:
-        keys = jax.random.split(key, layers)
-        conditioners = jax.vmap(lambda k: init_mlp(k, (dim, *hidden, dim * param_size)))(keys)
-        return {"conditioners": conditioners, "affine": init_elementwise_affine(dim)}
-
     def make_layer(conditioner_params, mask) -> distrax.Bijector:
         def conditioner(x_masked):
             out = apply_mlp(conditioner_params, x_masked)
             return out.reshape(*out.shape[:-1], dim, param_size)
         return distrax.MaskedCoupling(mask=mask, conditioner=conditioner, bijector=transformer)
 
-    def apply(params: dict) -> distrax.Transformed:
-        stack = LayerScan(make_layer, params["conditioners"], masks)
-        return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
+    def init_layer(key: jax.Array) -> list[dict]:
+        return init_mlp(key, (dim, *hidden, dim * param_size))
 
-    return Flow(name, dim, hyper, jax.jit(init), apply, "one pass")
+    return layered_flow(name, dim, hyper, layers, init_layer, make_layer, masks, "one pass")
 
 
 def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64)) -> Flow:
