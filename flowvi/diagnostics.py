@@ -51,18 +51,37 @@ def arviz_major() -> int:
     return int(arviz.__version__.split(".")[0])
 
 
+_CONSTANT_SPREAD = 1e-5
+"""Log weights that all lie within this of each other are constant (q = p up to a constant)."""
+
+
 def psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
     """Pareto-smoothed log weights and k-hat, computed by ArviZ.
 
+    Weights that are constant to within a relative 1e-5 (the flow equals the
+    target up to a constant, and float32 rounding) have no tail to fit: their
+    k-hat is reported as ``-inf`` (ArviZ 0.x would say ``inf``, 1.x raise).
+
     Args:
         log_weights: array of shape ``(..., n)``: log importance weights, one
-            set of ``n`` independent draws per leading index.
+            set of ``n`` independent draws per leading index; ``-inf`` allowed.
 
     Returns:
         ``smoothed: (..., n)`` log weights normalised to log-sum-exp 0 over the
         last axis, and ``k_hat`` of shape ``(...)`` (a float for 1-D input).
     """
     lw = np.array(log_weights, dtype=np.float64)
+    rows = lw.reshape(-1, lw.shape[-1])
+    out = [_psis_1d(row) for row in rows]
+    smoothed = np.stack([o[0] for o in out]).reshape(lw.shape)
+    k_hat = np.array([o[1] for o in out]).reshape(lw.shape[:-1])
+    return smoothed, (float(k_hat) if lw.ndim == 1 else k_hat)
+
+
+def _psis_1d(lw: np.ndarray) -> tuple[np.ndarray, float]:
+    finite = lw[np.isfinite(lw)]
+    if finite.size and np.ptp(finite) < _CONSTANT_SPREAD:
+        return lw - logsumexp(lw), -np.inf
     if arviz_major() >= 1:
         from arviz_stats.base import array_stats
         # arviz-stats smooths weights exp(-ary) (its input is a log likelihood, as in PSIS-LOO).
@@ -70,8 +89,7 @@ def psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
     else:
         import arviz
         smoothed, k_hat = arviz.psislw(lw, reff=1.0, normalize=True)
-    smoothed = np.asarray(smoothed, dtype=np.float64)
-    return smoothed, (float(k_hat) if lw.ndim == 1 else np.asarray(k_hat, dtype=np.float64))
+    return np.asarray(smoothed, dtype=np.float64), float(k_hat)
 
 
 def across_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,7 +120,8 @@ class Diagnostics:
             error (meaningful only when ``k_hat < 0.7``).
         iw_bound, iw_bound_se, iw_k: importance-weighted bound with ``iw_k``
             draws per estimate, and its standard error (NaN when not computed).
-        k_hat: Pareto k-hat of the (pooled) importance weights.
+        k_hat: Pareto k-hat of the (pooled) importance weights (``-inf`` when
+            they are constant).
         ess, ess_fraction: importance ESS of the PSIS-smoothed weights, absolute
             and as a fraction of all draws.
         verdict: the judgement in words; starts with "good", "usable with
@@ -307,6 +326,7 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
         elbo_runs = log_w.mean(axis=1)
         elbo = float(elbo_runs.mean())
         elbo_se = _stratified_se(log_w)
+        elbo_se_runs = _se_per_run(log_w)
 
         top = np.max(log_w)
         w = np.exp(log_w - top) if np.isfinite(top) else np.zeros_like(log_w)
@@ -335,7 +355,7 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
     rhat = ess_runs = None
     if runs > 1:
         rhat, ess_runs = across_runs(x)
-    verdict = judge(k_hat, rhat=rhat, elbo_runs=elbo_runs, elbo_se_runs=_se_per_run(log_w), names=names)
+    verdict = judge(k_hat, rhat=rhat, elbo_runs=elbo_runs, elbo_se_runs=elbo_se_runs, names=names)
     diag = Diagnostics(
         elbo=elbo, elbo_se=elbo_se, log_z=log_z, log_z_se=log_z_se, iw_bound=iw_bound,
         iw_bound_se=iw_bound_se, iw_k=iw_k, k_hat=k_hat, ess=ess, ess_fraction=ess / (runs * n),
@@ -361,20 +381,27 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
     Args:
         k_hat: Pareto k-hat of the importance weights.
         rhat: ``(dim,)`` R-hat across runs, or None.
-        elbo_runs, elbo_se_runs: ``(runs,)`` per-run ELBOs and their standard errors.
+        elbo_runs: ``(runs,)`` per-run ELBOs, or None.
+        elbo_se_runs: ``(runs,)`` their standard errors.
         names: coordinate names for the R-hat message.
 
     Returns:
         A sentence or three; the first word(s) are "good", "usable with care" or "unreliable".
     """
-    if not np.isfinite(k_hat):
+    disagree = rhat is not None and np.nanmax(rhat) > RHAT_MAX
+    # With runs that disagree, good weights only say that each run fits what it covers.
+    trust = ("" if disagree else
+             "; the ELBO, the log Z estimate and importance-weighted estimates are reliable")
+    if np.isnan(k_hat) or k_hat == np.inf:
         level = "unreliable"
         text = ("Pareto k-hat could not be estimated (too few distinct finite weights): the flow "
                 "and the target hardly overlap.")
+    elif k_hat == -np.inf:
+        level = "good"
+        text = f"the importance weights are constant: the flow matches the target up to a constant{trust}."
     elif k_hat < K_GOOD:
         level = "good"
-        text = (f"Pareto k-hat {k_hat:.2f} < {K_GOOD}: the flow covers the target well; the ELBO, the "
-                "log Z estimate and importance-weighted estimates are reliable.")
+        text = f"Pareto k-hat {k_hat:.2f} < {K_GOOD}: the importance weights are well behaved{trust}."
     elif k_hat <= K_UNRELIABLE:
         level = "usable with care"
         text = (f"Pareto k-hat {k_hat:.2f} is between {K_GOOD} and {K_UNRELIABLE}: the importance weights "
@@ -386,13 +413,13 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
                 "narrow, wrongly shaped, or missing a mode); the ELBO, the log Z estimate and the draws "
                 "should not be trusted. Fit longer, use a more flexible flow, or try several runs.")
     notes = []
-    if rhat is not None and np.nanmax(rhat) > RHAT_MAX:
+    if disagree:
         level = "unreliable"
         worst = int(np.nanargmax(rhat))
         name = names[worst] if names is not None else f"x[{worst}]"
         notes.append(f"The runs disagree (R-hat {rhat[worst]:.2f} > {RHAT_MAX} for {name}): they landed in "
-                     "different modes or some failed, so each run alone misses part of the target "
-                     "(k-hat cannot see a mode no run found).")
+                     "different modes or some failed, so each run misses part of the target, and "
+                     "k-hat cannot see a mode that no run found.")
     if elbo_runs is not None and len(elbo_runs) > 1 and np.isfinite(elbo_runs).any():
         best = np.nanmax(elbo_runs)
         se = np.zeros_like(elbo_runs) if elbo_se_runs is None else np.nan_to_num(elbo_se_runs, nan=np.inf)

@@ -1,5 +1,7 @@
-"""Pictures of a fit (matplotlib): the loss trace, the learned density beside the target's,
-what the flow does to its base samples, and the importance-weight tail with its Pareto k-hat.
+"""Pictures of a fit (matplotlib).
+
+The loss trace, the learned density beside the target's, what the flow does
+to its base samples, and the importance-weight tail with its Pareto k-hat.
 
 Every function draws on the axes it is given (or on new ones) and returns them
 (`losses`, `weights`: an ``Axes``; `density`, `transformation`: a ``Figure``).

@@ -1,0 +1,202 @@
+"""Diagnostics: ELBO, log Z and their standard errors, Pareto k-hat verdicts, R-hat across runs.
+
+Tolerances come from Monte Carlo error: an estimate is checked against the
+exact value within 3-4 of its own standard errors; the calibration test checks
+that those standard errors are right.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from conftest import gaussian_log_density
+from scipy import stats
+
+import flowvi
+from flowvi import diagnostics
+from flowvi.diagnostics import Diagnostics, from_draws, judge
+
+RING_FILE = pathlib.Path(__file__).parents[1] / "models" / "ring.py"
+
+
+def _load_ring():
+    spec = importlib.util.spec_from_file_location("flowvi_test_ring", RING_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gaussian_draws(rng, runs, n, q_sd, p_sd):
+    """x ~ N(0, q_sd^2) in 1-D with log q exact and log p = N(0, p_sd^2) unnormalised (log Z known)."""
+    x = rng.normal(0.0, q_sd, size=(runs, n, 1))
+    log_q = stats.norm.logpdf(x[..., 0], scale=q_sd)
+    log_p = -0.5 * (x[..., 0] / p_sd) ** 2
+    log_z = np.log(np.sqrt(2 * np.pi) * p_sd)
+    # E_q[log p - log q] = log Z - KL(q || p)
+    elbo = log_z - (np.log(p_sd / q_sd) + q_sd ** 2 / (2 * p_sd ** 2) - 0.5)
+    return x, log_p, log_q, log_z, elbo
+
+
+# -- acceptance cases: real fits -------------------------------------------------------------------
+
+def test_full_rank_gaussian_on_gaussian_target_is_good():
+    mean = np.array([1.0, -1.0])
+    cov = np.array([[2.0, 0.6], [0.6, 0.5]])
+    post = flowvi.fit(gaussian_log_density(mean, cov), dim=2, flow="gaussian", covariance="full",
+                      steps=1000, key=jax.random.key(0))
+    d = post.diagnose(jax.random.key(1), num_draws=4000)
+    assert isinstance(d, Diagnostics)
+    assert d.k_hat < 0.5
+    assert d.verdict.startswith("good") and d.reliable
+    # The target is normalised: log Z = 0 exactly.
+    assert abs(d.log_z) < 3 * d.log_z_se, (d.log_z, d.log_z_se)
+    assert d.elbo <= 0.0 + 3 * d.elbo_se
+    assert d.elbo - 3 * d.elbo_se <= d.iw_bound <= d.log_z + 3 * (d.log_z_se + d.iw_bound_se)
+    assert d.ess_fraction > 0.9
+    # Self-normalised estimates: Monte Carlo error about sd / sqrt(ESS).
+    sd = np.sqrt(np.diag(cov))
+    np.testing.assert_allclose(d.psis_mean, mean, atol=float(4 * sd.max() / np.sqrt(d.ess)))
+    np.testing.assert_allclose(d.psis_sd, sd, rtol=float(4 / np.sqrt(2 * d.ess)))
+    assert d.rhat is None and d.ess_runs is None and d.num_runs == 1 and d.num_draws == 4000
+
+
+def test_diagonal_gaussian_on_correlated_target_is_unreliable():
+    rho = 0.99
+    cov = np.array([[1.0, rho], [rho, 1.0]])
+    post = flowvi.fit(gaussian_log_density(np.zeros(2), cov), dim=2, flow="gaussian",
+                      steps=1000, key=jax.random.key(0))
+    # The weights' tail index is 1 - 0.02 / 1.99 ~= 0.99 here; k-hat is noisy and biased low
+    # at small sample sizes (0.56-0.97 over keys with 4000 draws), hence 16000 draws.
+    d = post.diagnose(jax.random.key(1), num_draws=16000)
+    assert d.k_hat > 0.7, d.k_hat
+    assert d.verdict.startswith("unreliable") and not d.reliable
+    assert "unreliable" in str(d)
+    # Mean field on rho = 0.99 loses at least KL = -log(1 - rho^2) / 2 ~= 1.96 nats.
+    assert d.elbo < -1.5
+
+
+def test_ring_runs_in_different_modes_give_large_rhat():
+    ring = _load_ring()
+    post = flowvi.fit(ring.log_density, dim=2, flow="gaussian", steps=2000, learning_rate=2e-2,
+                      num_runs=4, key=jax.random.key(2))
+    d = post.diagnose(jax.random.key(3), num_draws=1000)
+    assert d.rhat.shape == (2,) and d.ess_runs.shape == (2,)
+    assert np.max(d.rhat) > 1.1, d.rhat
+    assert d.verdict.startswith("unreliable")
+    assert "runs disagree" in d.verdict
+    assert d.elbo_runs.shape == d.log_z_runs.shape == d.k_hat_runs.shape == (4,)
+    text = str(d)
+    assert "R-hat" in text and "ESS(runs)" in text and "run" in text
+
+
+# -- the estimators on draws with known answers -----------------------------------------------------
+
+def test_estimates_and_standard_errors_are_calibrated():
+    rng = np.random.default_rng(0)
+    z_log_z, z_elbo = [], []
+    for _ in range(100):
+        x, log_p, log_q, log_z, elbo = _gaussian_draws(rng, 2, 1000, q_sd=1.0, p_sd=1.3)
+        d = from_draws(x, log_p, log_q, iw_k=50)
+        z_log_z.append((d.log_z - log_z) / d.log_z_se)
+        z_elbo.append((d.elbo - elbo) / d.elbo_se)
+        assert d.elbo - 4 * d.elbo_se < d.iw_bound < d.log_z + 4 * d.log_z_se
+    # 100 z-scores: sd 1 within ~4 sampling sds (sd of a sample sd ~ 1/sqrt(200) = 0.07).
+    for z in (np.array(z_log_z), np.array(z_elbo)):
+        assert abs(z.mean()) < 0.4, z.mean()
+        assert 0.7 < z.std() < 1.3, z.std()
+
+
+def test_k_hat_follows_the_tail_of_the_weights():
+    # q = N(0, 1), p = N(0, s^2): the weights have a Pareto tail with k = 1 - 1/s^2.
+    rng = np.random.default_rng(1)
+    x, log_p, log_q, _, _ = _gaussian_draws(rng, 1, 8000, q_sd=1.0, p_sd=1.2)  # k = 0.31
+    good = from_draws(x, log_p, log_q)
+    assert good.k_hat < 0.5 and good.verdict.startswith("good")
+    x, log_p, log_q, _, _ = _gaussian_draws(rng, 1, 8000, q_sd=1.0, p_sd=4.0)  # k = 0.94
+    bad = from_draws(x, log_p, log_q)
+    assert bad.k_hat > 0.7 and bad.verdict.startswith("unreliable")
+    assert bad.ess_fraction < good.ess_fraction
+
+
+def test_psis_moments_correct_a_too_narrow_proposal():
+    rng = np.random.default_rng(2)
+    x, log_p, log_q, _, _ = _gaussian_draws(rng, 1, 8000, q_sd=1.0, p_sd=1.3)
+    d = from_draws(x, log_p, log_q)
+    assert abs(np.std(x) - 1.0) < 0.05
+    np.testing.assert_allclose(d.psis_sd, [1.3], rtol=4 / np.sqrt(2 * d.ess))
+    np.testing.assert_allclose(d.psis_mean, [0.0], atol=4 * 1.3 / np.sqrt(d.ess))
+
+
+def test_zero_density_draws_are_allowed_but_nan_is_an_error():
+    rng = np.random.default_rng(3)
+    x, log_p, log_q, _, _ = _gaussian_draws(rng, 1, 1000, q_sd=1.0, p_sd=1.0)
+    log_p[0, :5] = -np.inf
+    d = from_draws(x, log_p, log_q)
+    assert d.elbo == -np.inf and np.isfinite(d.log_z)
+    log_p[0, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN at 1 of 1000"):
+        from_draws(x, log_p, log_q)
+
+
+def test_bad_arguments_are_named():
+    rng = np.random.default_rng(4)
+    x, log_p, log_q, _, _ = _gaussian_draws(rng, 1, 100, q_sd=1.0, p_sd=1.0)
+    with pytest.raises(ValueError, match="iw_k=100"):
+        from_draws(x, log_p, log_q, iw_k=100)
+    assert np.isnan(from_draws(x, log_p, log_q, iw_k=None).iw_bound)
+    with pytest.raises(ValueError, match="expected x"):
+        from_draws(x[0], log_p, log_q)
+    with pytest.raises(ValueError, match="names has 2"):
+        from_draws(x, log_p, log_q, names=["a", "b"], iw_k=None)
+
+
+def _untrained(target, runs=1):
+    """A Posterior whose runs are the untrained gaussian flow: exactly N(0, I)."""
+    flow = flowvi.flows.make_flow("gaussian", target.dim if target is not None else 2)
+    params = jax.vmap(flow.init)(jax.random.split(jax.random.key(0), runs))
+    return flowvi.Posterior(flow=flow, params=params, target=target, losses=np.zeros((runs, 0)),
+                            stop_reasons=["untrained"] * runs, steps_run=np.zeros(runs, int),
+                            skipped_steps=np.zeros(runs, int), fit_seconds=0.0, settings={})
+
+
+def test_diagnose_needs_a_target():
+    with pytest.raises(ValueError, match="has none"):
+        _untrained(None).diagnose(jax.random.key(0), 100)
+
+
+def test_diagnose_on_an_exact_flow():
+    # The untrained flow is N(0, I) and so is the (normalised) target: every weight is 1.
+    target = flowvi.Target(gaussian_log_density(np.zeros(2), np.eye(2)), dim=2)
+    d = _untrained(target, runs=2).diagnose(jax.random.key(1), num_draws=500, iw_k=50)
+    for value in (d.elbo, d.log_z, d.iw_bound):
+        np.testing.assert_allclose(value, 0.0, atol=1e-5)
+    np.testing.assert_allclose(d.ess_fraction, 1.0, rtol=1e-6)
+    # Two runs of the same distribution agree: R-hat near 1 (sd ~ 1/sqrt(1000) per coordinate).
+    assert np.all(np.abs(d.rhat - 1.0) < 0.01)
+    # Constant weights have no tail: k-hat is -inf by flowvi's convention, and the verdict good.
+    assert d.k_hat == -np.inf and d.verdict.startswith("good: the importance weights are constant")
+
+
+def test_verdict_words():
+    assert judge(0.3).startswith("good")
+    assert judge(0.6).startswith("usable with care")
+    assert judge(0.8).startswith("unreliable")
+    assert judge(np.inf).startswith("unreliable")
+    both = judge(0.3, rhat=np.array([1.0, 1.3]), names=["a", "b"])
+    assert both.startswith("unreliable") and "R-hat 1.30" in both and "for b" in both
+    lagging = judge(0.3, elbo_runs=np.array([-2.0, -2.01, -5.0]), elbo_se_runs=np.full(3, 0.01))
+    assert lagging.startswith("good") and "Run(s) 2" in lagging
+
+
+def test_str_is_a_table():
+    rng = np.random.default_rng(5)
+    x, log_p, log_q, _, _ = _gaussian_draws(rng, 2, 500, q_sd=1.0, p_sd=1.1)
+    d = from_draws(x, log_p, log_q, names=["theta"], iw_k=50)
+    text = str(d)
+    for word in ("ELBO", "log Z", "IW bound (K=50)", "Pareto k-hat", "importance ESS", "verdict: good",
+                 "theta", "max R-hat across runs"):
+        assert word in text, word
+    assert repr(d).startswith("Diagnostics(")
+    assert diagnostics.K_GOOD == 0.5 and diagnostics.K_UNRELIABLE == 0.7
