@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_uniform
@@ -28,36 +29,85 @@ _INIT_FAILURE = "Cannot find valid initial parameters"
 
 
 def prototype_trace(model: Callable, model_args: tuple, model_kwargs: dict) -> dict:
-    """One seeded run of `model`, hidden from any enclosing NumPyro handlers."""
+    """One seeded, eager run of `model` (concrete values), hidden from any enclosing NumPyro handlers.
+
+    Eager runs compile every operation separately; `model_structure` is the
+    cheap alternative when only names, kinds and shapes are needed.
+    """
     with handlers.block():
         return handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*model_args, **model_kwargs)
 
 
-def latent_sites(trace: dict) -> dict[str, dict]:
-    """The unobserved sample sites of a trace, by name."""
-    return {name: site for name, site in trace.items()
-            if site["type"] == "sample" and not site["is_observed"]}
+class SiteInfo(NamedTuple):
+    """What flowvi needs to know about one site of a NumPyro model; no arrays."""
+
+    type: str
+    shape: tuple
+    is_observed: bool
+    is_discrete: bool
+    enumerated: bool
+    distribution: str
+    plate_sizes: tuple  # (size, subsample_size) for plate sites, else ()
 
 
-def check_no_discrete_latents(trace: dict, who: str) -> None:
+def _distribution_name(fn) -> str:
+    while isinstance(fn, dist.ExpandedDistribution | dist.Independent | dist.MaskedDistribution):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
+def _site_info(site: dict) -> SiteInfo:
+    is_sample = site["type"] == "sample"
+    return SiteInfo(
+        type=site["type"],
+        shape=tuple(jnp.shape(site["value"])) if site["type"] in ("sample", "deterministic") else (),
+        is_observed=bool(is_sample and site["is_observed"]),
+        is_discrete=bool(is_sample and site["fn"].support.is_discrete),
+        enumerated=bool(is_sample and (site.get("infer") or {}).get("enumerate") == "parallel"),
+        distribution=_distribution_name(site["fn"]) if is_sample else "",
+        plate_sizes=tuple(site["args"][:2]) if site["type"] == "plate" else ())
+
+
+def model_structure(model: Callable, model_args: tuple, model_kwargs: dict) -> dict[str, SiteInfo]:
+    """Site names, kinds and shapes of one seeded run of `model`, hidden from enclosing handlers.
+
+    The run is abstract (`jax.eval_shape`): nothing is computed or compiled, which
+    matters because an eager run of a model compiles every operation separately.
+    A model whose Python control flow needs concrete values is run eagerly instead.
+    """
+    out: dict[str, SiteInfo] = {}
+
+    def run():
+        out.update({name: _site_info(site)
+                    for name, site in prototype_trace(model, model_args, model_kwargs).items()})
+
+    try:
+        jax.eval_shape(run)
+    except Exception:  # noqa: BLE001 - e.g. control flow on values; an eager run raises real errors itself
+        out.clear()
+        run()
+    return out
+
+
+def latent_shapes(structure: dict[str, SiteInfo]) -> dict[str, tuple]:
+    """Constrained shape of every latent (unobserved) sample site."""
+    return {name: s.shape for name, s in structure.items() if s.type == "sample" and not s.is_observed}
+
+
+def check_no_discrete_latents(structure: dict[str, SiteInfo], who: str) -> None:
     """Raise ValueError naming discrete latent sites that NumPyro will not enumerate.
 
     Sites marked ``infer={"enumerate": "parallel"}`` are left to NumPyro, which
     sums them out of the potential (it needs ``funsor`` for that).
     """
-    discrete = [f"'{name}' ({type(site['fn']).__name__})" for name, site in latent_sites(trace).items()
-                if site["fn"].support.is_discrete and site["infer"].get("enumerate") != "parallel"]
+    discrete = [f"'{name}' ({s.distribution})" for name, s in structure.items()
+                if s.type == "sample" and not s.is_observed and s.is_discrete and not s.enumerated]
     if discrete:
         raise ValueError(
             f"{who} needs continuous latent variables, but the model has discrete latent site(s) "
             f"{', '.join(discrete)}. They must be enumerated (infer={{'enumerate': 'parallel'}}, "
             "summed out by NumPyro; needs funsor) or marginalised out of the model by hand, "
             "or observed.")
-
-
-def latent_shapes(trace: dict) -> dict[str, tuple]:
-    """Constrained shape of every latent sample site."""
-    return {name: tuple(jnp.shape(site["value"])) for name, site in latent_sites(trace).items()}
 
 
 def check_same_latent_shapes(expected: dict[str, tuple], model: Callable, model_args: tuple,
@@ -68,7 +118,7 @@ def check_same_latent_shapes(expected: dict[str, tuple], model: Callable, model_
     passed for prediction) are ignored: only the fitted latents must keep
     their shapes.
     """
-    now = latent_shapes(prototype_trace(model, model_args, model_kwargs))
+    now = latent_shapes(model_structure(model, model_args, model_kwargs))
     changed = {name: (shape, now[name]) for name, shape in expected.items()
                if name in now and now[name] != shape}
     if changed:
@@ -125,10 +175,10 @@ def _nonfinite_sites(model: Callable, model_args: tuple, model_kwargs: dict,
     return bad
 
 
-def _subsampled_plates(trace: dict) -> list[str]:
-    return [f"'{name}' (size {site['args'][0]}, subsample_size {site['args'][1]})"
-            for name, site in trace.items()
-            if site["type"] == "plate" and site["args"][1] is not None and site["args"][1] != site["args"][0]]
+def _subsampled_plates(structure: dict[str, SiteInfo]) -> list[str]:
+    return [f"'{name}' (size {s.plate_sizes[0]}, subsample_size {s.plate_sizes[1]})"
+            for name, s in structure.items()
+            if s.type == "plate" and s.plate_sizes[1] is not None and s.plate_sizes[1] != s.plate_sizes[0]]
 
 
 def _coordinate_names(name: str, shape: tuple) -> list[str]:
@@ -160,6 +210,7 @@ class NumPyroTarget(Target):
         unconstrained_shapes: latent site name -> shape on R^k, e.g. ``{"w": (2,)}``.
         observed_sites: observed site name -> observed array.
         deterministic_sites: deterministic site name -> shape.
+        init_point: ``(dim,)``, the valid initial point NumPyro found (``init_to_uniform``).
 
     Raises:
         ValueError: discrete latent sites; a subsampled plate; a log density
@@ -181,44 +232,46 @@ class NumPyroTarget(Target):
             raise TypeError(f"model must be a NumPyro model (a callable), got {type(model).__name__}.")
         model_args = tuple(model_args)
         model_kwargs = dict(model_kwargs or {})
-        trace = prototype_trace(model, model_args, model_kwargs)
-        check_no_discrete_latents(trace, "flowvi.Target.from_numpyro")
-        subsampled = _subsampled_plates(trace)
+        structure = model_structure(model, model_args, model_kwargs)
+        check_no_discrete_latents(structure, "flowvi.Target.from_numpyro")
+        subsampled = _subsampled_plates(structure)
         if subsampled:
             raise ValueError(
                 f"flowvi.Target.from_numpyro needs the full likelihood, but plate(s) {', '.join(subsampled)} "
                 "are subsampled. Pass arguments that switch subsampling off, or fit the subsampled model "
                 "with flowvi.numpyro.AutoFlow in numpyro's SVI (doubly-stochastic VI).")
-        if not latent_sites(trace):
+        if not latent_shapes(structure):
             raise ValueError("the NumPyro model has no latent sample sites: there is nothing to approximate.")
 
         with numpyro_init_diagnosis(model, model_args, model_kwargs):
-            info = initialize_model(jax.random.PRNGKey(0), model, model_args=model_args,
+            # A batch of one key takes NumPyro's compiled search for a valid initial point
+            # (lax.map over a while_loop) instead of an op-by-op eager one: much faster to start.
+            info = initialize_model(jax.random.PRNGKey(0)[None], model, model_args=model_args,
                                     model_kwargs=model_kwargs)
-        init = info.param_info.z
+        init = jax.tree.map(lambda a: a[0], info.param_info.z)
         flat, unravel = ravel_pytree(init)
         names = [n for site, value in sorted(init.items()) for n in _coordinate_names(site, jnp.shape(value))]
 
         self.model = model
         self.model_args = model_args
         self.model_kwargs = model_kwargs
-        self.site_shapes = {k: v for k, v in latent_shapes(trace).items() if k in init}
+        self.site_shapes = {k: v for k, v in latent_shapes(structure).items() if k in init}
         self.unconstrained_shapes = {k: tuple(jnp.shape(v)) for k, v in sorted(init.items())}
-        self.observed_sites = {name: site["value"] for name, site in trace.items()
+        self.observed_sites = {name: site["value"] for name, site in info.model_trace.items()
                                if site["type"] == "sample" and site["is_observed"]}
-        self.deterministic_sites = {name: tuple(jnp.shape(site["value"])) for name, site in trace.items()
-                                    if site["type"] == "deterministic"}
+        self.deterministic_sites = {name: s.shape for name, s in structure.items() if s.type == "deterministic"}
         self.init_point = flat
         self._unravel = unravel
 
         potential_fn = info.potential_fn
 
-        # Made once: the fit loop's compilation cache is keyed on this function object.
         def log_density(x: jax.Array) -> jax.Array:
             """``x: (dim,)`` -> scalar: the negative NumPyro potential energy."""
             return -potential_fn(unravel(x))
 
-        super().__init__(log_density, int(flat.shape[0]), names)
+        # Made once: the fit loop's compilation cache is keyed on this function object. Jitted so
+        # that eager calls (Target.probe, users) compile the model once rather than op by op.
+        super().__init__(jax.jit(log_density), int(flat.shape[0]), names)
         postprocess = handlers.seed(info.postprocess_fn, rng_seed=0)
         self._constrain = jax.jit(jax.vmap(lambda x: postprocess(unravel(x))))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import jax
@@ -9,8 +11,10 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
+from numpyro.distributions.transforms import UnpackTransform
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import initialize_model
 
 from flowvi.flows import FAMILIES, Flow, hyperparameter_names, make_flow
 from flowvi.numpyro.transform import flow_distribution
@@ -18,12 +22,27 @@ from flowvi.numpyro_target import (
     check_no_discrete_latents,
     check_same_latent_shapes,
     latent_shapes,
+    model_structure,
     numpyro_init_diagnosis,
-    prototype_trace,
 )
 from flowvi.validation import check_known_options, check_positive_int
 
 DEFAULT_QUANTILE_DRAWS = 4000
+
+
+def _ravel(values: dict, shapes: dict) -> jax.Array:
+    """Site dict -> flat vector, sites in `shapes` order."""
+    return jnp.concatenate([jnp.reshape(values[name], -1) for name in shapes])
+
+
+def _unravel(flat: jax.Array, shapes: dict) -> dict:
+    """Flat ``(latent_dim,)`` vector -> site dict."""
+    out, start = {}, 0
+    for name, shape in shapes.items():
+        size = math.prod(shape)
+        out[name] = flat[start:start + size].reshape(shape)
+        start += size
+    return out
 
 
 def _path_name(path) -> str:
@@ -106,15 +125,53 @@ class AutoFlow(AutoContinuous):
     # --- set-up -------------------------------------------------------------------------------
 
     def _setup_prototype(self, *args, **kwargs):
-        check_no_discrete_latents(prototype_trace(self.model, args, kwargs), "AutoFlow")
-        with numpyro_init_diagnosis(self.model, args, kwargs, self.init_loc_fn):
-            super()._setup_prototype(*args, **kwargs)
+        # What numpyro's AutoGuide and AutoContinuous set-ups do, with two differences: discrete
+        # latents get flowvi's error, and NumPyro searches for a valid initial point with a batch
+        # of one key, which takes its compiled path (lax.map over a while_loop) instead of an
+        # op-by-op eager gradient of the whole model (many small compilations; far slower to start).
+        structure = model_structure(self.model, args, kwargs)
+        check_no_discrete_latents(structure, "AutoFlow")
+        rng_key = numpyro.prng_key()
+        if rng_key is None:
+            raise RuntimeError("AutoFlow sets itself up on its first call, which needs a PRNG key: call it "
+                               "under numpyro.handlers.seed (svi.init and Predictive do).")
+        with handlers.block(), numpyro_init_diagnosis(self.model, args, kwargs, self.init_loc_fn):
+            init_params, self._potential_fn_gen, postprocess_fn_gen, self.prototype_trace = initialize_model(
+                rng_key[None], self.model, init_strategy=self.init_loc_fn, dynamic_args=True,
+                model_args=args, model_kwargs=kwargs,
+                forward_mode_differentiation=self._forward_mode_differentiation)
+        self._potential_fn = self._potential_fn_gen(*args, **kwargs)
+        # Seeded in case the model subsamples: only its deterministic sites are collected.
+        self._postprocess_fn = handlers.seed(postprocess_fn_gen(*args, **kwargs), rng_seed=0)
+        self._init_locs = jax.tree.map(lambda a: a[0], init_params[0])
+
+        self._prototype_frames = {}
+        for name, site in self.prototype_trace.items():
+            if site["type"] == "sample" and not site["is_observed"]:
+                # Observed sites are skipped: they may be subsampled with another size later.
+                for frame in site["cond_indep_stack"]:
+                    self._prototype_frames.setdefault(frame.name, frame)
+            elif site["type"] == "plate":
+                self._prototype_frame_full_sizes[name] = site["args"][0]
+        local = sorted({f"'{name}' (plate '{frame.name}')" for name, site in self.prototype_trace.items()
+                        if site["type"] == "sample" and not site["is_observed"]
+                        for frame in site["cond_indep_stack"]
+                        if frame.size != self._prototype_frame_full_sizes[frame.name]})
+        if local:
+            raise ValueError(f"AutoFlow covers global latent variables only; {', '.join(local)} sit in a "
+                             "subsampled plate. Subsample only the likelihood.")
+
+        shapes = {name: tuple(jnp.shape(value)) for name, value in self._init_locs.items()}
+        self._init_latent = _ravel(self._init_locs, shapes)
+        self._unpack_latent = UnpackTransform(functools.partial(_unravel, shapes=shapes),
+                                              functools.partial(_ravel, shapes=shapes))
+        self.latent_dim = int(self._init_latent.shape[0])
+        self._latent_shapes = {k: v for k, v in latent_shapes(structure).items() if k in shapes}
+
         self.flow = make_flow(self._flow_spec, self.latent_dim, **self._hyperparameters)
-        shapes = jax.eval_shape(self.flow.init, jax.random.PRNGKey(0))
-        paths, self._param_treedef = jax.tree_util.tree_flatten_with_path(shapes)
+        param_shapes = jax.eval_shape(self.flow.init, jax.random.PRNGKey(0))
+        paths, self._param_treedef = jax.tree_util.tree_flatten_with_path(param_shapes)
         self._param_names = [f"{self.prefix}_flow${_path_name(path)}" for path, _ in paths]
-        self._latent_shapes = {k: v for k, v in latent_shapes(self.prototype_trace).items()
-                               if k in self._init_locs}
 
     def _ensure_prototype(self, args: tuple, kwargs: dict, what: str) -> None:
         """Set the guide up from the model arguments if needed, else check they keep the latent shapes."""
@@ -129,6 +186,7 @@ class AutoFlow(AutoContinuous):
             check_same_latent_shapes(self._latent_shapes, self.model, args, kwargs, what)
 
     def __call__(self, *args, **kwargs):
+        """Draw the latent sites (NumPyro's AutoContinuous guide), checking the latent shapes first."""
         if self.prototype_trace is not None:
             check_same_latent_shapes(self._latent_shapes, self.model, args, kwargs, "this guide call")
         return super().__call__(*args, **kwargs)
@@ -136,7 +194,7 @@ class AutoFlow(AutoContinuous):
     # --- the flow -----------------------------------------------------------------------------
 
     def _init_flow_params(self, key: jax.Array) -> Any:
-        params = self.flow.init(key)
+        params = jax.jit(self.flow.init)(key)  # one compilation rather than op by op
         if isinstance(params, dict) and "affine" in params and "loc" in params["affine"]:
             loc = params["affine"]["loc"]
             params = {**params, "affine": {**params["affine"],
@@ -169,9 +227,10 @@ class AutoFlow(AutoContinuous):
         Args:
             rng_key: PRNG key.
             params: the guide's parameters (``svi.run(...).params``, or a reloaded dict).
-            *args, **kwargs: the model's arguments; needed only when this guide
+            *args: the model's positional arguments; needed only when this guide
                 object has not been set up yet (e.g. a fresh guide with reloaded params).
             sample_shape: leading shape of the draws.
+            **kwargs: the model's keyword arguments, as for `args`.
 
         Returns:
             ``{site: (*sample_shape, *site_shape)}``.
@@ -190,9 +249,10 @@ class AutoFlow(AutoContinuous):
         Args:
             params: the guide's parameters.
             quantiles: a list of probabilities in [0, 1].
-            *args, **kwargs: the model's arguments, if this guide is not set up yet.
+            *args: the model's positional arguments, if this guide is not set up yet.
             num_samples: draws used.
             rng_key: PRNG key for the draws; default a fixed key (reproducible).
+            **kwargs: the model's keyword arguments, as for `args`.
 
         Returns:
             ``{site: (len(quantiles), *site_shape)}``, latent and deterministic sites.

@@ -59,6 +59,7 @@ class FlowTransform(Transform):
         return self.bijector.forward_and_log_det(x)[1]
 
     def tree_flatten(self):
+        """Params are pytree data; the flow (functions) is static."""
         return (self.params,), (("params",), {"flow": self.flow})
 
 

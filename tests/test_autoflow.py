@@ -1,0 +1,203 @@
+"""flowvi.numpyro.AutoFlow: a flowvi flow as a NumPyro autoguide (SVI, Predictive, subsampling)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+import pytest
+from numpyro import handlers
+from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_value
+from test_numpyro_target import (
+    assert_agrees_with_nuts,
+    assert_constrained_draws_in_support,
+    eight_schools_nuts,
+    load_model,
+)
+
+import flowvi
+from flowvi.numpyro import AutoFlow, flow_distribution
+
+SMALL = dict(layers=2, hidden=(32, 32))
+
+
+def svi_optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
+    """Adam with clipping and a cosine decay, as flowvi.fit does: late small steps average out ELBO noise."""
+    return optax.chain(optax.clip_by_global_norm(10.0),
+                       optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.02)))
+
+
+@pytest.fixture(scope="module")
+def eight_schools_svi():
+    es = load_model("eight_schools")
+    steps = 2000
+    guide = AutoFlow(es.model, flow="iaf", **SMALL)
+    svi = SVI(es.model, guide, svi_optimizer(5e-3, steps), Trace_ELBO(num_particles=16))
+    result = svi.run(jax.random.PRNGKey(0), steps, *es.args, progress_bar=False, **es.kwargs)
+    return guide, result
+
+
+def test_eight_schools_svi_agrees_with_nuts(eight_schools_svi):
+    # 2000 steps, 16 particles: over keys 0-3, |mean error| <= 0.05 sd and sd error <= 6% against
+    # NUTS, inside the issue's 0.15 sd / 15%; 20000 guide draws add 0.007 sd of MC error to the
+    # means and ~3% to tau's sd.
+    guide, result = eight_schools_svi
+    assert np.isfinite(result.losses).all()
+    assert result.losses[-200:].mean() < result.losses[:200].mean()
+    draws = guide.sample_posterior(jax.random.PRNGKey(1), result.params, sample_shape=(20_000,))
+    assert set(draws) == {"mu", "tau", "theta_tilde", "theta"}
+    assert draws["theta"].shape == (20_000, 8)
+    assert_agrees_with_nuts(draws, eight_schools_nuts())
+
+
+def test_params_are_plain_named_arrays_that_reload(eight_schools_svi, tmp_path):
+    guide, result = eight_schools_svi
+    assert all(name.startswith("auto_flow$") for name in result.params)
+    assert "auto_flow$affine.loc" in result.params
+    np.savez(tmp_path / "params.npz", **{k: np.asarray(v) for k, v in result.params.items()})
+    with np.load(tmp_path / "params.npz") as f:
+        reloaded = {k: jnp.asarray(f[k]) for k in f.files}
+
+    es = load_model("eight_schools")
+    fresh = AutoFlow(es.model, flow="iaf", **SMALL)  # a new guide object, set up from the model arguments
+    key = jax.random.PRNGKey(3)
+    a = guide.sample_posterior(key, result.params, sample_shape=(50,))
+    b = fresh.sample_posterior(key, reloaded, *es.args, sample_shape=(50,), **es.kwargs)
+    for site in a:
+        np.testing.assert_array_equal(a[site], b[site])
+
+
+def test_predictive_with_the_guide(eight_schools_svi):
+    guide, result = eight_schools_svi
+    es = load_model("eight_schools")
+    pred = Predictive(es.model, guide=guide, params=result.params, num_samples=500)(jax.random.PRNGKey(2), es.sigma)
+    assert pred["obs"].shape == (500, 8) and pred["theta"].shape == (500, 8)
+    assert np.isfinite(pred["obs"]).all()
+
+
+def test_guide_site_scores_its_draws_with_the_exact_flow_density(eight_schools_svi):
+    guide, result = eight_schools_svi
+    es = load_model("eight_schools")
+
+    @jax.jit
+    def one_pass_and_by_inverse(params, key):
+        seeded = handlers.seed(handlers.substitute(guide, params), key)
+        site = handlers.trace(seeded).get_trace(*es.args, **es.kwargs)["_auto_latent"]
+        assert site["intermediates"]  # NumPyro scores this site with the one-pass log-determinant
+        one_pass = site["fn"].log_prob(site["value"], site["intermediates"])
+        return one_pass, guide.get_posterior(params).log_prob(site["value"])  # dim sequential passes
+
+    one_pass, by_inverse = one_pass_and_by_inverse(result.params, jax.random.PRNGKey(4))
+    np.testing.assert_allclose(one_pass, by_inverse, rtol=1e-4, atol=1e-4)
+    assert guide.get_base_dist().event_shape == (10,)
+    x = jax.random.normal(jax.random.PRNGKey(5), (3, 10))
+    y = guide.get_transform(result.params)(x)
+    np.testing.assert_allclose(guide.get_transform(result.params).inv(y), x, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["iaf", "bnaf"])
+def test_flow_distribution_is_the_flowvi_flow_with_its_one_pass_density(family):
+    # Both draw the base noise as jax.random.normal(key, (n, dim)), so the same key gives the same
+    # points; the density of the guide's own draws must be the flow's one-pass log q, no inverse.
+    flow = flowvi.flows.make_flow(family, 3, layers=2, **({"hidden": (8,)} if family == "iaf" else {}))
+
+    @jax.jit
+    def both(key):
+        # Deterministic perturbation away from the identity initialisation (one compilation in all).
+        params = jax.tree.map(lambda a: a + 0.1 * jnp.sin(jnp.arange(a.size, dtype=a.dtype).reshape(a.shape)),
+                              flow.init(jax.random.key(0)))
+        d = flow_distribution(flow, params)
+        x, intermediates = d.sample_with_intermediates(key, (6,))
+        return x, d.log_prob(x, intermediates), *flow.apply(params).sample_and_log_prob(seed=key, sample_shape=(6,))
+
+    x, log_q, x_flowvi, log_q_flowvi = both(jax.random.key(2))
+    np.testing.assert_allclose(x, x_flowvi, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(log_q, log_q_flowvi, rtol=1e-5, atol=1e-5)
+
+
+def test_quantiles_and_median_by_monte_carlo(eight_schools_svi):
+    guide, result = eight_schools_svi
+    q = guide.quantiles(result.params, [0.1, 0.5, 0.9], num_samples=20_000)
+    assert q["tau"].shape == (3,) and q["theta"].shape == (3, 8)
+    assert np.all(np.diff(np.asarray(q["theta"]), axis=0) > 0) and np.all(np.asarray(q["tau"]) > 0)
+    med = guide.median(result.params, num_samples=20_000)
+    np.testing.assert_allclose(med["mu"], q["mu"][1])
+    # Against NUTS: a quantile from 4000 NUTS or 20000 guide draws has MC error ~0.02-0.04 sd.
+    ref = eight_schools_nuts()
+    np.testing.assert_allclose(q["mu"], np.quantile(ref["mu"], [0.1, 0.5, 0.9]), atol=0.25 * ref["mu"].std())
+
+
+def test_subsampled_plate_runs_and_its_elbo_improves():
+    lr = load_model("logistic_regression")
+    start = {"alpha": 0.5, "beta": jnp.full(6, -0.25)}
+    guide = AutoFlow(lr.model, flow="iaf", init_loc_fn=init_to_value(values=start), layers=1, hidden=(8,))
+    steps = 300
+    svi = SVI(lr.model, guide, svi_optimizer(1e-2, steps), Trace_ELBO(num_particles=4))
+    state = svi.init(jax.random.PRNGKey(0), lr.X, y=lr.y, subsample_size=32)
+    initial = svi.get_params(state)
+    # init_loc_fn centres the untrained flow (real sites: unconstrained = constrained values).
+    np.testing.assert_allclose(initial["auto_flow$affine.loc"], [0.5] + [-0.25] * 6)
+    result = svi.run(jax.random.PRNGKey(0), steps, lr.X, y=lr.y, subsample_size=32, progress_bar=False)
+    assert np.isfinite(result.losses).all()
+
+    # The full-data negative ELBO by Monte Carlo with 64 draws: its s.e. after fitting is ~0.3
+    # (measured); it falls from ~400 to ~85, so the margin of 50 is far outside the noise.
+    @jax.jit
+    def full_data_loss(params):
+        return Trace_ELBO(num_particles=64).loss(jax.random.PRNGKey(7), params, lr.model, guide, lr.X, y=lr.y)
+
+    before, after = full_data_loss(initial), full_data_loss(result.params)
+    assert after < before - 50, (before, after)
+
+
+def test_constrained_model_draws_lie_in_their_supports():
+    c = load_model("constrained")
+    steps = 50  # supports and shapes come from the transforms, not from convergence
+    guide = AutoFlow(c.model, flow="iaf", layers=2, hidden=(16,))
+    svi = SVI(c.model, guide, svi_optimizer(5e-3, steps), Trace_ELBO(num_particles=4))
+    result = svi.run(jax.random.PRNGKey(0), steps, *c.args, progress_bar=False, **c.kwargs)
+    assert np.isfinite(result.losses).all()
+    assert_constrained_draws_in_support(
+        guide.sample_posterior(jax.random.PRNGKey(1), result.params, sample_shape=(500,)), 500)
+
+
+def test_discrete_latent_sites_are_named():
+    def model():
+        p = numpyro.sample("p", dist.Beta(1.0, 1.0))
+        z = numpyro.sample("z", dist.Bernoulli(p))
+        numpyro.sample("y", dist.Normal(z, 1.0), obs=0.5)
+
+    svi = SVI(model, AutoFlow(model), optax.adam(1e-3), Trace_ELBO())
+    with pytest.raises(ValueError, match=r"AutoFlow needs continuous.*'z' \(Bernoulli.*enumerated .*marginalised"):
+        svi.init(jax.random.PRNGKey(0))
+
+
+def test_nonfinite_log_density_at_initial_points_passes_on_numpyro_diagnosis():
+    def model():
+        rate = numpyro.sample("rate", dist.Exponential(1.0))
+        numpyro.sample("wait", dist.Exponential(rate), obs=-1.0)
+
+    svi = SVI(model, AutoFlow(model), optax.adam(1e-3), Trace_ELBO())
+    with pytest.raises(ValueError, match=r"(?s)non-finite at every initial point.*Site wait: Out-of-support"):
+        svi.init(jax.random.PRNGKey(0))
+
+
+def test_changed_latent_dimension_is_an_error(eight_schools_svi):
+    guide, result = eight_schools_svi
+    es = load_model("eight_schools")
+    ten = np.full(10, 10.0)
+    with pytest.raises(ValueError, match=r"latent dimension changed .*'theta_tilde' \(8,\) -> \(10,\)"):
+        Predictive(es.model, guide=guide, params=result.params, num_samples=5)(jax.random.PRNGKey(0), ten)
+    with pytest.raises(ValueError, match="latent dimension changed"):
+        guide.sample_posterior(jax.random.PRNGKey(0), result.params, ten, sample_shape=(5,))
+
+
+def test_bad_options_are_named():
+    model = load_model("eight_schools").model
+    with pytest.raises(TypeError, match=r"'depth'.*'hidden', 'layers'"):
+        AutoFlow(model, flow="iaf", depth=3)
+    with pytest.raises(ValueError, match="not a known flow family"):
+        AutoFlow(model, flow="realnvp")
+    with pytest.raises(RuntimeError, match="needs the guide set up"):
+        AutoFlow(model).sample_posterior(jax.random.PRNGKey(0), {})
