@@ -13,4 +13,14 @@ from flowvi.io import load
 from flowvi.posterior import Posterior
 from flowvi.target import Target
 
-__all__ = ["Posterior", "Target", "__version__", "diagnostics", "fit", "fit_samples", "flows", "load", "plots"]
+__all__ = ["Posterior", "Target", "__version__", "diagnostics", "fit", "fit_samples", "flows", "load", "numpyro", "plots"]
+
+
+def __getattr__(name: str):
+    # `flowvi.numpyro` (the AutoFlow guide) is imported on first use, so plain
+    # `import flowvi` stays light.
+    if name == "numpyro":
+        import importlib
+
+        return importlib.import_module("flowvi.numpyro")
+    raise AttributeError(f"module 'flowvi' has no attribute {name!r}")
