@@ -27,6 +27,7 @@ import optax
 
 import flowvi
 from flowvi.fit import default_optimizer
+from flowvi.schedules import with_horizon
 from flowvi.flows import make_flow
 from flowvi.objectives import negative_elbo
 
@@ -64,7 +65,7 @@ def time_fit(flow, dim, steps, num_samples):
 
 
 def time_bare(flow, dim, steps, num_samples):
-    optimizer = default_optimizer(5e-3, steps)
+    optimizer = default_optimizer(5e-3)
 
     @jax.jit
     def step(params, opt_state, key, t):
@@ -74,7 +75,7 @@ def time_bare(flow, dim, steps, num_samples):
         return optax.apply_updates(params, updates), opt_state, loss
 
     params = flow.init(jax.random.key(0))
-    opt_state = optimizer.init(params)
+    opt_state = with_horizon(optimizer.init(params), steps)
     key = jax.random.key(1)
     jax.block_until_ready(step(params, opt_state, key, 0))  # compile
     start = time.perf_counter()

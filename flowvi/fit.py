@@ -14,28 +14,33 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flowvi.data_target import DataSpec, data_spec
 from flowvi.flows import FAMILIES, Flow, hyperparameter_names, make_flow
 from flowvi.objectives import ESTIMATORS, negative_elbo
 from flowvi.posterior import Posterior
 from flowvi.progress import Plateau, make_progress_bar
+from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
 from flowvi.target import Target, as_target
+from flowvi.schedules import scale_by_cosine_decay, with_horizon
 from flowvi.training import init_state, scan_steps
-from flowvi.validation import check_choice, check_positive_float, check_positive_int
+from flowvi.validation import check_choice, check_nonnegative, check_positive_float, check_positive_int
 
 DEFAULT_CHUNK = 100
 CLIP_NORM = 10.0
 
 
 @functools.lru_cache(maxsize=32)
-def default_optimizer(learning_rate: float, steps: int | None = None) -> optax.GradientTransformation:
+def default_optimizer(learning_rate: float, decay: bool = True) -> optax.GradientTransformation:
     """Adam with global-norm gradient clipping at `CLIP_NORM`.
 
-    With `steps`, the learning rate follows a cosine decay to 2% of its start
-    over that many steps: the late, small steps average out Monte Carlo noise
-    in the reverse-KL gradient. Cached so that refits reuse compilations.
+    With `decay`, the learning rate follows a cosine decay to 2% of its start
+    over the fit's steps (the horizon is set in the optimiser state by
+    `flowvi.schedules.with_horizon`, so fits of any length share one
+    compilation): the late, small steps average out Monte Carlo noise in the
+    reverse-KL gradient. Cached so that refits reuse compilations.
     """
-    schedule = learning_rate if steps is None else optax.cosine_decay_schedule(learning_rate, steps, alpha=0.02)
-    return optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.adam(schedule))
+    scale = scale_by_cosine_decay(learning_rate) if decay else optax.scale(-learning_rate)
+    return optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.scale_by_adam(), scale)
 
 
 def default_flow(dim: int) -> str:
@@ -78,28 +83,57 @@ class _ReverseKLConfig:
     estimator: str
     chunk: int
     max_bad_streak: int
+    layout: Layout | None = None
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _run_chunk(config: _ReverseKLConfig, states, run_keys, total_steps, active):
+def _run_chunk(config: _ReverseKLConfig, states, run_keys, total_steps, active, data=None):
+    """`scan_steps` for every run (vmapped); ``data`` are the target's data arrays (None for a plain density).
+
+    With a layout the inputs arrive sharded (`flowvi.sharding`); the base draws
+    are constrained here and the compiler partitions the rest.
+    """
+    layout = config.layout
     loss_fn = functools.partial(negative_elbo, flow=config.flow, log_density=config.log_density,
-                                num_samples=config.num_samples, estimator=config.estimator)
+                                num_samples=config.num_samples, estimator=config.estimator, data=data,
+                                draws_sharding=None if layout is None else layout.draws_sharding())
 
     def one_run(state, run_key, run_active):
         return scan_steps(loss_fn, config.optimizer, state, run_key, total_steps, config.chunk,
                           config.max_bad_streak, run_active)
 
-    return jax.vmap(one_run)(states, run_keys, active)
+    if run_keys.shape[0] == 1:
+        # One run: no vmap. A batch axis of size 1 makes XLA:CPU pick batched
+        # matmul kernels that were measured 5x slower than the plain ones.
+        squeeze = functools.partial(jax.tree.map, lambda a: a[0])
+        states, info = one_run(squeeze(states), run_keys[0], active[0])
+        states, info = jax.tree.map(lambda a: a[None], (states, info))
+    else:
+        states, info = jax.vmap(one_run)(states, run_keys, active)
+    if layout is not None:
+        states = jax.lax.with_sharding_constraint(states, layout.state_sharding())
+        info = jax.lax.with_sharding_constraint(info, layout.replicated())
+    return states, info
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_runs(flow: Flow, optimizer: optax.GradientTransformation, num_runs: int, key: jax.Array):
-    params = jax.vmap(flow.init)(jax.random.split(key, num_runs))
-    return jax.vmap(lambda p: init_state(p, optimizer))(params)
+def _init_runs(flow: Flow, optimizer: optax.GradientTransformation, num_runs: int, key: jax.Array,
+               steps: jax.Array, init_spread: jax.Array):
+    """Initial states of all runs. With several runs, run r > 0 starts with its
+    location shifted by ``init_spread * N(0, I)``, so that runs can find
+    different modes and R-hat across runs has something to see."""
+    init_key, spread_key = jax.random.split(key)
+    params = jax.vmap(flow.init)(jax.random.split(init_key, num_runs))
+    shift = init_spread * jax.random.normal(spread_key, (num_runs, flow.dim))
+    shift = shift.at[0].set(0.0)
+    params["affine"]["loc"] = params["affine"]["loc"] + shift
+    return jax.vmap(lambda p: init_state(p, optimizer)._replace(
+        opt_state=with_horizon(optimizer.init(p), steps)))(params)
 
 
 FIT_OPTIONS = ("dim", "flow", "steps", "num_samples", "learning_rate", "optimizer", "estimator", "patience",
-               "progress", "num_runs", "key", "names", "max_bad_streak", "chunk_size")
+               "progress", "num_runs", "key", "names", "max_bad_streak", "chunk_size", "mesh", "subsample",
+               "init_spread")
 
 
 def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, flow: str | Flow | None = None,
@@ -107,6 +141,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         optimizer: optax.GradientTransformation | None = None, estimator: str = "reparam",
         patience: int | None = None, progress: bool | None = None, num_runs: int = 1,
         names: list[str] | None = None, max_bad_streak: int = 20, chunk_size: int = DEFAULT_CHUNK,
+        mesh: jax.sharding.Mesh | None = None, subsample: int | None = None, init_spread: float = 1.0,
         **flow_hyperparameters) -> Posterior:
     """Fit a normalising flow to an unnormalised density by maximising the ELBO (reverse KL).
 
@@ -133,6 +168,21 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         names: coordinate names (plain log density only).
         max_bad_streak: consecutive non-finite steps after which a run halts.
         chunk_size: steps per compiled call (host sync between chunks).
+        init_spread: with ``num_runs > 1``, runs after the first start with
+            their location moved by ``init_spread * N(0, I)`` (in the target's
+            unconstrained coordinates), so independent runs can land in
+            different modes; 0 starts every run at the standard normal.
+        mesh: a 1-D `jax.sharding.Mesh` (any axis name) to spread the fit over,
+            e.g. ``jax.make_mesh((jax.device_count(),), ("batch",))``; it may
+            span processes after ``jax.distributed.initialize``. A target with a
+            data axis is split along its data; otherwise one run's Monte Carlo
+            batch is split (``num_samples`` a multiple of the mesh size), or with
+            ``num_runs > 1`` the runs are (``num_runs`` a multiple of it).
+            Parameters are replicated. The result equals the single-device fit
+            up to floating-point reduction order. See `flowvi.sharding`.
+        subsample: evaluate each step's likelihood on a random minibatch of
+            this many observations, scaled by N / B (unbiased; doubly-stochastic
+            VI). Needs a target with a data axis (`flowvi.data_target`).
         **flow_hyperparameters: passed to the flow family, e.g. ``layers=4``.
 
     Returns:
@@ -140,7 +190,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
 
     Raises:
         TypeError: missing key, or unknown option names.
-        ValueError: a bad target, dim or option value.
+        ValueError: a bad target, dim or option value; a num_samples or num_runs
+            that does not divide over the mesh; subsample on a target without a
+            data axis or larger than its number of observations.
 
     Examples:
         >>> import jax, flowvi
@@ -166,29 +218,60 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         patience = check_positive_int("patience", patience)
     custom_optimizer = optimizer is not None
     if optimizer is None:
-        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate), steps)
+        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate))
     elif not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
-    target.probe()
+    mesh = check_mesh(mesh)
+    if subsample is not None:
+        subsample = check_positive_int("subsample", subsample)
+    spec = None
+    # NumPyro targets keep their own log density unless the data must be split or subsampled.
+    if getattr(target, "data", None) is not None or mesh is not None or subsample is not None:
+        spec = data_spec(target, subsample, 1 if mesh is None else mesh.size)
+    layout = make_layout(mesh, num_runs, num_samples, has_data=spec is not None)
+    data = _place_data(spec, layout)
+    if spec is None:
+        target.probe()
+    else:
+        probe_key = jax.random.key(0)
+        log_density = jax.jit(lambda x, data: spec.log_density(x, data, probe_key))
+        Target(lambda x: log_density(x, data), target.dim).probe()
 
-    config = _ReverseKLConfig(flow, target.log_density, optimizer, num_samples, estimator,
-                              min(chunk_size, steps), max_bad_streak)
+    config = _ReverseKLConfig(flow, target.log_density if spec is None else spec.log_density, optimizer,
+                              num_samples, estimator, min(chunk_size, steps), max_bad_streak, layout)
     init_key, train_key = jax.random.split(key)
     start = time.perf_counter()
-    states = _init_runs(flow, optimizer, num_runs, init_key)
+    states = _init_runs(flow, optimizer, num_runs, init_key, jnp.asarray(steps, jnp.int32),
+                        jnp.asarray(check_nonnegative("init_spread", init_spread), jnp.float32))
     run_keys = jax.random.split(train_key, num_runs)
-    states, losses, reasons = _train(config, states, run_keys, steps, patience, progress, num_runs)
+    if layout is not None:
+        states, run_keys = put((states, run_keys), layout.state_sharding())
+    states, losses, reasons = _train(config, states, run_keys, steps, patience, progress, num_runs, data)
+    if layout is not None:
+        # Ordinary single-device arrays, the same on every process.
+        states = jax.tree.map(jnp.asarray, to_host(states))
     return Posterior(
         flow=flow, params=states.params, target=target, losses=losses, stop_reasons=reasons,
         steps_run=np.asarray(states.step), skipped_steps=np.asarray(states.skipped),
         fit_seconds=time.perf_counter() - start,
         settings={"objective": "reverse_kl", "steps": steps, "num_samples": num_samples,
                   "estimator": estimator, "learning_rate": None if custom_optimizer else learning_rate,
-                  "num_runs": num_runs, "patience": patience})
+                  "num_runs": num_runs, "patience": patience, "subsample": subsample,
+                  "mesh": None if layout is None else f"{layout.size} devices split by {layout.mode}"})
+
+
+def _place_data(spec: DataSpec | None, layout: Layout | None):
+    """Put the target's data on the devices once: split along the data axis over a mesh, else on one device."""
+    if spec is None:
+        return None
+    if layout is None:
+        return jax.device_put(spec.data)
+    shardings = jax.tree.map(lambda split: layout.split() if split else layout.replicated(), spec.data_axis)
+    return put(spec.data, shardings)
 
 
 def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int | None,
-           progress: bool | None, num_runs: int):
+           progress: bool | None, num_runs: int, data=None):
     """Host loop over compiled chunks; returns final states, per-run loss traces and stop reasons."""
     active = np.ones(num_runs, bool)
     traces: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
@@ -198,9 +281,8 @@ def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int
     total = jnp.asarray(steps, jnp.int32)
     try:
         while active.any():
-            states, info = _run_chunk(config, states, run_keys, total, jnp.asarray(active))
-            loss, ran = np.asarray(info.loss), np.asarray(info.ran)
-            step, halted = np.asarray(states.step), np.asarray(states.halted)
+            states, info = _run_chunk(config, states, run_keys, total, jnp.asarray(active), data)
+            loss, ran, step, halted = to_host((info.loss, info.ran, states.step, states.halted))
             for r in np.flatnonzero(active):
                 traces[r].append(loss[r][ran[r]])
                 if halted[r]:

@@ -14,11 +14,11 @@ import optax
 
 from flowvi.fit import as_key, default_optimizer, resolve_flow
 from flowvi.flows import Flow
-from flowvi.flows.base import SCALE_FLOOR, _SHIFT
+from flowvi.flows.base import _SHIFT, SCALE_FLOOR
 from flowvi.objectives import negative_log_likelihood
 from flowvi.posterior import Posterior
 from flowvi.progress import Plateau, make_progress_bar
-from flowvi.training import init_state, guarded_step
+from flowvi.training import guarded_step, init_state
 from flowvi.validation import check_positive_float, check_positive_int
 
 FIT_SAMPLES_OPTIONS = ("flow", "key", "max_epochs", "patience", "batch_size", "learning_rate", "optimizer",
@@ -122,7 +122,7 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}.")
     custom_optimizer = optimizer is not None
     if optimizer is None:
-        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate))
+        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate), decay=False)
 
     split_key, init_key, epoch_key = jax.random.split(key, 3)
     order = np.asarray(jax.random.permutation(split_key, n))

@@ -17,21 +17,55 @@ _PROBE_POINTS = 16
 class Target:
     """An unnormalised log density on R^dim and how to name its coordinates.
 
+    Or, for a likelihood that is a sum over observations, the keyword form
+    ``Target(log_prior=..., log_likelihood=..., data=..., dim=...)``: then
+    ``log_density(x) = log_prior(x) + sum_i log_likelihood(x, data_i)``, and
+    `flowvi.fit` can split ``data`` over devices (``mesh=``) and subsample it
+    (``subsample=``); see `flowvi.data_target`.
+
     Args:
         log_density: ``x: (dim,) -> scalar``, JAX-traceable, unnormalised.
         dim: number of coordinates (positive int).
         names: optional coordinate names, ``len(names) == dim``; default
             ``["x[0]", "x[1]", ...]``.
+        log_prior: ``x: (dim,) -> scalar`` (keyword form).
+        log_likelihood: ``(x: (dim,), row) -> scalar``, the log-likelihood of
+            one observation; ``row`` is ``data`` indexed at one row (keyword form).
+        data: array or pytree of arrays, all with leading axis N, the data
+            axis (keyword form). Host (numpy) arrays stay on the host until a fit.
+
+    Attributes:
+        data, num_data, log_prior, log_likelihood: the keyword form's pieces;
+            ``data`` is None for a plain log density.
 
     Examples:
         >>> import jax.numpy as jnp, flowvi
         >>> t = flowvi.Target(lambda x: -0.5 * jnp.sum(x ** 2), dim=2)
         >>> t.names
         ['x[0]', 'x[1]']
+        >>> y = jnp.array([0.5, 1.5, 1.0])
+        >>> t = flowvi.Target(log_prior=lambda x: -0.5 * x[0] ** 2,
+        ...                   log_likelihood=lambda x, yi: -0.5 * (yi - x[0]) ** 2, data=y, dim=1)
+        >>> t.num_data, float(t.log_density(jnp.array([1.0])))
+        (3, -0.75)
     """
 
-    def __init__(self, log_density: Callable[[jax.Array], jax.Array], dim: int,
-                 names: Sequence[str] | None = None):
+    def __init__(self, log_density: Callable[[jax.Array], jax.Array] | None = None, dim: int | None = None,
+                 names: Sequence[str] | None = None, *, log_prior: Callable | None = None,
+                 log_likelihood: Callable | None = None, data: Any = None):
+        self.log_prior, self.log_likelihood, self.data, self.num_data = log_prior, log_likelihood, None, None
+        keyword_form = {"log_prior": log_prior, "log_likelihood": log_likelihood, "data": data}
+        if any(v is not None for v in keyword_form.values()):
+            if log_density is not None:
+                raise ValueError("pass either log_density or log_prior=, log_likelihood= and data=, not both.")
+            missing = [k for k, v in keyword_form.items() if v is None]
+            if missing:
+                raise ValueError(f"the keyword form Target(log_prior=, log_likelihood=, data=, dim=) is "
+                                 f"missing {', '.join(missing)}.")
+            if dim is None:
+                raise ValueError("dim is required: the number of coordinates of x.")
+            from flowvi.data_target import sum_likelihood_density
+            log_density, self.data, self.num_data = sum_likelihood_density(log_prior, log_likelihood, data, dim)
         if not callable(log_density):
             raise TypeError(f"log_density must be a callable x: (dim,) -> scalar, got {type(log_density).__name__}.")
         if dim is None:
@@ -51,7 +85,8 @@ class Target:
 
         Args:
             model: a NumPyro model.
-            *args, **kwargs: the model's arguments (data), e.g. ``sigma, y=y``.
+            *args: the model's positional arguments (data), e.g. ``sigma``.
+            **kwargs: the model's keyword arguments, e.g. ``y=y``.
 
         Returns:
             A `flowvi.numpyro_target.NumPyroTarget`: log density from NumPyro's

@@ -34,6 +34,17 @@ def check_positive_float(name: str, value: Any) -> float:
     return out
 
 
+def check_nonnegative(name: str, value: Any) -> float:
+    """Raise unless `value` is a finite number >= 0; return it as float."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.") from None
+    if not np.isfinite(out) or out < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}.")
+    return out
+
+
 def check_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     """Accept an int or a sequence of positive ints; return a tuple (hashable)."""
     if isinstance(value, int | np.integer) and not isinstance(value, bool):

@@ -67,6 +67,23 @@ def test_second_fit_with_same_shapes_compiles_nothing():
     assert fit_module._run_chunk._cache_size() == before
 
 
+def test_fits_of_other_lengths_reuse_the_compilation():
+    kw = dict(dim=2, flow="gaussian", chunk_size=10, key=jax.random.key(0))
+    flowvi.fit(banana_log_density, steps=30, **kw)
+    before = fit_module._run_chunk._cache_size()
+    flowvi.fit(banana_log_density, steps=70, **kw)  # the decay horizon is state, not a constant
+    assert fit_module._run_chunk._cache_size() == before
+
+
+def test_several_runs_start_apart_unless_init_spread_is_zero():
+    kw = dict(dim=2, flow="gaussian", steps=1, num_runs=3, learning_rate=1e-9, key=jax.random.key(0))
+    locs = np.asarray(flowvi.fit(banana_log_density, **kw).params["affine"]["loc"])
+    np.testing.assert_allclose(locs[0], 0.0, atol=1e-6)
+    assert np.all(np.abs(locs[1:]).max(axis=1) > 0.05)
+    locs0 = np.asarray(flowvi.fit(banana_log_density, init_spread=0.0, **kw).params["affine"]["loc"])
+    np.testing.assert_allclose(locs0, 0.0, atol=1e-6)
+
+
 def test_sample_shapes_and_log_prob_agree():
     post = flowvi.fit(banana_log_density, dim=2, flow="iaf", steps=50, key=jax.random.key(0), layers=2, hidden=(4,))
     x, log_q = post.sample_and_log_prob(jax.random.key(1), 100)

@@ -1,0 +1,171 @@
+"""`flowvi.fit(mesh=...)` on 4 simulated CPU devices, against the single-device fit.
+
+JAX fixes its device count at import, and this test session has one CPU
+device. So `test_on_four_simulated_devices` runs this file's ``check_*``
+functions in a pytest subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``; in the normal session
+they are not collected (pytest collects ``test_*`` only). To run them directly:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 \\
+        python -m pytest tests/test_sharding.py -o python_functions='check_*'
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import flowvi
+from flowvi.data_target import data_spec
+from flowvi.sharding import make_layout, put
+
+fit_module = importlib.import_module("flowvi.fit")
+
+NUM_DEVICES = 4
+HERE = Path(__file__).resolve()
+
+
+def test_on_four_simulated_devices():
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+               JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
+           "-o", "python_functions=check_*", "-o", "addopts="]
+    result = subprocess.run(cmd, env=env, cwd=HERE.parents[1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"4-device checks failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+
+
+# ---- run in the 4-device subprocess -------------------------------------------------------------
+
+def banana(x):
+    return -0.5 * (x[0] ** 2 + (x[1] - x[0] ** 2) ** 2 / 0.25)
+
+
+def flat(post):
+    return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(post.params)])
+
+
+def assert_same_fit(sharded, single):
+    np.testing.assert_allclose(flat(sharded), flat(single), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sharded.losses, single.losses, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def mesh():
+    assert jax.device_count() == NUM_DEVICES, "run through test_on_four_simulated_devices"
+    return jax.make_mesh((NUM_DEVICES,), ("batch",))
+
+
+def logistic(X, y):
+    w = numpyro.sample("w", dist.Normal(0.0, 1.0).expand([X.shape[1]]).to_event(1))
+    with numpyro.plate("data", X.shape[0]):
+        logits = numpyro.subsample(X, event_dim=1) @ w
+        numpyro.sample("y", dist.Bernoulli(logits=logits), obs=numpyro.subsample(y, event_dim=0))
+
+
+def logistic_data(n, p=2, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, p)).astype(np.float32)
+    return X, (rng.random(n) < 1 / (1 + np.exp(-X @ np.ones(p)))).astype(np.float32)
+
+
+def gaussian_mean_target(n):
+    rows = np.random.default_rng(1).normal(1.0, 1.0, size=(n, 2)).astype(np.float32)
+    return flowvi.Target(log_prior=lambda x: -0.5 * jnp.sum(x ** 2),
+                         log_likelihood=lambda x, r: -0.5 * jnp.sum((r - x) ** 2), data=rows, dim=2)
+
+
+def check_monte_carlo_batch_split_over_devices_matches_single_device(mesh):
+    kw = dict(flow="affine_coupling", layers=1, hidden=(4,), steps=10, num_samples=32, key=jax.random.key(0))
+    sharded = flowvi.fit(banana, dim=2, mesh=mesh, **kw)
+    assert_same_fit(sharded, flowvi.fit(banana, dim=2, **kw))
+    assert sharded.settings["mesh"] == "4 devices split by batch"
+    # The draws u: (32, dim) of the single run are split 4 ways along the sample axis.
+    layout = make_layout(mesh, 1, 32, has_data=False)
+    config = fit_module._ReverseKLConfig(sharded.flow, banana, fit_module.default_optimizer(5e-3), 32,
+                                         "reparam", 20, 20, layout)
+    states = put(fit_module._init_runs(sharded.flow, config.optimizer, 1, jax.random.key(0), jnp.int32(20),
+                                       jnp.float32(0.0)),
+                 layout.state_sharding())
+    keys = put(jax.random.split(jax.random.key(1), 1), layout.state_sharding())
+    hlo = fit_module._run_chunk.lower(config, states, keys, jnp.int32(20), jnp.ones(1, bool)).as_text()
+    assert '[{"batch"}, {}]> : tensor<32x2xf32>' in hlo
+
+
+def check_one_run_per_device_matches_single_device(mesh):
+    kw = dict(flow="gaussian", steps=10, num_samples=16, num_runs=4, key=jax.random.key(0))
+    # Any axis name; an Auto axis as well as jax.make_mesh's default Explicit one.
+    auto = jax.make_mesh((NUM_DEVICES,), ("devices",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = flowvi.fit(banana, dim=2, mesh=auto, **kw)
+    before = fit_module._run_chunk._cache_size()
+    flowvi.fit(banana, dim=2, mesh=auto, **kw)
+    assert fit_module._run_chunk._cache_size() == before  # a refit on the same mesh compiles nothing
+    single = flowvi.fit(banana, dim=2, **kw)
+    assert_same_fit(sharded, single)
+    assert sharded.num_runs == 4 and sharded.settings["mesh"] == "4 devices split by runs"
+    # The posterior holds ordinary arrays: it samples like a single-device one.
+    np.testing.assert_allclose(sharded.sample(jax.random.key(1), 5), single.sample(jax.random.key(1), 5),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1001, 1000])  # 1001: padded to split evenly, padding masked out
+def check_sharded_data_gives_the_same_log_density(mesh, n):
+    target = gaussian_mean_target(n)
+    layout = make_layout(mesh, 1, 8, has_data=True)
+    spec = data_spec(target, None, NUM_DEVICES)
+    data = fit_module._place_data(spec, layout)
+    rows = data[0]
+    assert rows.sharding.spec[0] == "batch" and rows.shape[0] % NUM_DEVICES == 0
+    xs = jax.random.normal(jax.random.key(0), (5, 2))
+    sharded = jax.jit(jax.vmap(spec.log_density, (0, None, None)))(xs, data, None)
+    np.testing.assert_allclose(sharded, jax.vmap(target.log_density)(xs), rtol=1e-5)
+    # Minibatches: the same rows whether the data is split or not.
+    sub = data_spec(target, 64, NUM_DEVICES)
+    unsplit = jax.device_put(sub.data)
+    for key in jax.random.split(jax.random.key(1), 3):
+        np.testing.assert_allclose(jax.jit(sub.log_density)(xs[0], data, key),
+                                   jax.jit(sub.log_density)(xs[0], unsplit, key), rtol=1e-5)
+
+
+def check_sharded_numpyro_data_gives_the_same_log_density(mesh):
+    target = flowvi.Target.from_numpyro(logistic, *logistic_data(1000))
+    spec = data_spec(target, None, NUM_DEVICES)
+    assert spec.data_axis == (True, True) and spec.num_data == 1000
+    data = fit_module._place_data(spec, make_layout(mesh, 1, 8, has_data=True))
+    assert all(a.sharding.spec[0] == "batch" for a in data)
+    xs = jax.random.normal(jax.random.key(0), (5, 2))
+    np.testing.assert_allclose(jax.jit(jax.vmap(spec.log_density, (0, None, None)))(xs, data, None),
+                               jax.vmap(target.log_density)(xs), rtol=1e-5)
+
+
+def check_sharded_data_fit_matches_single_device(mesh):
+    kw = dict(flow="gaussian", steps=10, num_samples=8, key=jax.random.key(0))
+    target = gaussian_mean_target(1001)
+    assert_same_fit(flowvi.fit(target, mesh=mesh, subsample=32, **kw), flowvi.fit(target, subsample=32, **kw))
+    numpyro_target = flowvi.Target.from_numpyro(logistic, *logistic_data(400))
+    sharded = flowvi.fit(numpyro_target, mesh=mesh, subsample=40, **kw)
+    assert_same_fit(sharded, flowvi.fit(numpyro_target, subsample=40, **kw))
+    assert sharded.settings["mesh"] == "4 devices split by data"
+
+
+def check_bad_mesh_input_is_named(mesh):
+    kw = dict(dim=2, flow="gaussian", steps=2, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="num_samples=10 does not divide over the mesh's 4 devices"):
+        flowvi.fit(banana, num_samples=10, mesh=mesh, **kw)
+    with pytest.raises(ValueError, match="num_runs=6 does not divide over the mesh's 4 devices"):
+        flowvi.fit(banana, num_runs=6, mesh=mesh, **kw)
+    with pytest.raises(ValueError, match="exactly one axis"):
+        flowvi.fit(banana, mesh=jax.make_mesh((2, 2), ("a", "b")), **kw)
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        flowvi.fit(banana, mesh=jax.devices(), **kw)
+    with pytest.raises(ValueError, match="does not divide over the mesh's 4 devices"):
+        flowvi.fit(flowvi.Target.from_numpyro(logistic, *logistic_data(1001)), mesh=mesh, flow="gaussian",
+                   steps=2, key=jax.random.key(0))
