@@ -1,0 +1,458 @@
+"""The ``flowvi`` command: fit a model file, print diagnostics, write posterior.nc, report.png, flow.flowvi.
+
+Examples:
+    flowvi fit models/eight_schools.py --flow spline_coupling --steps 5000 --runs 4 --seed 0
+    flowvi fit models/banana.py --flow iaf --layers 6 --hidden 32,32
+    flowvi demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import pathlib
+import sys
+import textwrap
+import types
+
+from flowvi.cli_model import ModelFile, ModelFileError, load_model_file
+
+OUTPUTS = ("posterior.nc", "report.png", "flow.flowvi")
+FLOW_FAMILIES = ("gaussian", "affine_coupling", "spline_coupling", "iaf", "maf", "bnaf")
+# Flags for flow hyperparameters: dest -> the family keyword.
+HYPERPARAMETER_FLAGS = {"layers": "layers", "hidden": "hidden", "bins": "bins", "bound": "bound",
+                        "transformer": "transformer", "block_size": "block_size", "covariance": "covariance"}
+# Options of one objective only: dest -> the kinds of model file they apply to.
+REVERSE_KL_ONLY = ("steps", "num_samples", "estimator", "subsample", "devices")
+SAMPLES_ONLY = ("epochs", "batch_size")
+DEFAULTS = {
+    "steps": 2000, "num_samples": 64, "estimator": "reparam", "runs": 4, "patience": None,
+    "epochs": 100, "batch_size": 256, "samples_patience": 10, "learning_rate": 5e-3,
+    "samples_learning_rate": 1e-3, "seed": 0, "draws": 1000,
+}
+# `flowvi demo`: the banana, with settings that fit it well in well under a minute on two cores.
+DEMO_MODEL = "banana"
+DEMO_DEFAULTS = {"flow": "spline_coupling", "steps": 2000, "num_samples": 256, "runs": 2,
+                 "draws": 2000, "out": "runs/demo"}
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """Bad input; the message is the one line the user sees."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CliError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with `argv` (default ``sys.argv[1:]``); return the exit status.
+
+    Exit status: 0 success; 1 the fit or its diagnostics failed; 2 bad input
+    (a missing model file, one that fails to import or defines no target, or an
+    invalid option), with a one-line reason on stderr.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return run(args)
+    except CliError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as err:  # --help and --version
+        return err.code if isinstance(err.code, int) else EXIT_OK
+    except KeyboardInterrupt:
+        print("flowvi: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `flowvi fit ... | head`
+        sys.stderr.close()
+        return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``flowvi`` and its ``fit`` and ``demo`` commands."""
+    from flowvi import __version__
+
+    parser = _Parser(
+        prog="flowvi", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Normalising-flow variational inference: fit a flow to a model file, print "
+                    "diagnostics and write posterior.nc (ArviZ), report.png and flow.flowvi.",
+        epilog=textwrap.dedent("""\
+            examples:
+              flowvi demo
+              flowvi fit models/banana.py --flow iaf
+              flowvi fit models/eight_schools.py --flow spline_coupling --steps 5000 --runs 4 --seed 0 \\
+                  --out runs/eight_schools
+
+            exit status: 0 success; 1 the fit or its diagnostics failed; 2 bad input (missing model
+            file, a file that fails to import or defines no target, an invalid option)."""))
+    parser.add_argument("--version", action="version", version=f"flowvi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{fit,demo}", parser_class=_Parser)
+
+    fit = commands.add_parser(
+        "fit", help="fit a flow to a model file", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Fit a normalising flow to the target a Python model file defines:
+              log_density (x: (dim,) -> scalar) and dim, optionally names  -> reverse KL (flowvi.fit)
+              log_prior, log_likelihood ((x, one row) -> scalar), data (rows on axis 0) and dim,
+                optionally names (for --subsample and --devices)           -> reverse KL (flowvi.fit)
+              a NumPyro model, with its data in args (tuple) / kwargs (dict) -> reverse KL (flowvi.fit)
+              samples, an (n, dim) array                                  -> forward KL (flowvi.fit_samples)
+            then print diagnostics (ELBO, log Z, Pareto k-hat and verdict, importance ESS, R-hat
+            across runs) and az.summary, and write to --out: posterior.nc (ArviZ InferenceData),
+            report.png (loss traces, density or pair plot, importance-weight tail) and flow.flowvi
+            (the fit; reload with flowvi.load)."""),
+        epilog="exit status: 0 success; 1 the fit or its diagnostics failed; 2 bad input.")
+    fit.add_argument("model", metavar="MODEL_FILE", help="Python file defining the target, e.g. models/banana.py")
+    _add_options(fit, DEFAULTS, out_default="runs/<name of the model file>")
+
+    demo = commands.add_parser(
+        "demo", help=f"fit the shipped {DEMO_MODEL} model and write the outputs to runs/demo",
+        description=f"Fit models/{DEMO_MODEL}.py (a curved 2-D density with known log Z = log(pi)) with "
+                    f"{_demo_settings()}, print diagnostics and write {', '.join(OUTPUTS)} to --out. "
+                    "Every option of `flowvi fit` can override these.")
+    _add_options(demo, {**DEFAULTS, **DEMO_DEFAULTS}, out_default=DEMO_DEFAULTS["out"])
+    return parser
+
+
+def _demo_settings(settings: dict | None = None) -> str:
+    d = DEMO_DEFAULTS if settings is None else settings
+    hidden = f" --hidden {','.join(map(str, d['hidden']))}" if d.get("hidden") else ""
+    return (f"--flow {d['flow']}{hidden} --steps {d['steps']} --num-samples {d['num_samples']} "
+            f"--runs {d['runs']} --draws {d['draws']}")
+
+
+def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
+    """The options of `fit` and `demo`; every default is None so that given options can be told apart."""
+    flow = p.add_argument_group("flow")
+    flow.add_argument("--flow", choices=FLOW_FAMILIES, default=None,
+                      help="flow family (default: " + (d["flow"] if "flow" in d else
+                           "spline_coupling; iaf for 1-D targets; maf for samples") + "). "
+                           "gaussian: baseline; affine_coupling/spline_coupling: fast both ways; iaf: "
+                           "best for reverse KL; maf: best for samples; bnaf: most flexible")
+    flow.add_argument("--layers", type=_positive_int, help="number of layers (all but gaussian; default 4, "
+                      "bnaf 2)")
+    flow.add_argument("--hidden", type=_int_tuple, metavar="N[,N...]",
+                      help="hidden widths of the conditioner networks, e.g. 64,64 (couplings, iaf, maf; "
+                           "default " + (",".join(map(str, d["hidden"])) if "hidden" in d else "64,64") + ")")
+    flow.add_argument("--bins", type=_positive_int, help="spline bins (spline_coupling; iaf/maf with "
+                      "--transformer spline; default 8)")
+    flow.add_argument("--bound", type=_positive_float, help="half-width of the spline interval, identity "
+                      "outside (default 5)")
+    flow.add_argument("--transformer", choices=("affine", "spline"),
+                      help="elementwise transform of iaf/maf (default affine)")
+    flow.add_argument("--block-size", type=_int_tuple, metavar="N[,N...]",
+                      help="hidden units per coordinate in each hidden layer of bnaf, e.g. 50,50 (default 16)")
+    flow.add_argument("--covariance", choices=("diag", "full"), help="gaussian covariance (default diag)")
+    flow.add_argument("--flow-option", action="append", default=[], metavar="NAME=VALUE", type=_flow_option,
+                      help="any flow hyperparameter by name, e.g. --flow-option layers=6 (repeatable)")
+
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--steps", type=_positive_int, help=f"optimisation steps (default {d['steps']})")
+    opt.add_argument("--num-samples", type=_positive_int,
+                     help=f"Monte Carlo draws per step (default {d['num_samples']})")
+    opt.add_argument("--learning-rate", type=_positive_float,
+                     help=f"initial Adam learning rate, cosine-decayed over the steps (default "
+                          f"{d['learning_rate']:g}; {d['samples_learning_rate']:g}, constant, for samples)")
+    opt.add_argument("--runs", type=_positive_int, help=f"independent runs trained together, for R-hat across "
+                     f"runs (default {d['runs']}; samples files: 1)")
+    opt.add_argument("--estimator", choices=("reparam", "stl"),
+                     help="gradient estimator: reparam, or stl (sticking the landing; gaussian, couplings "
+                          f"and maf only) (default {d['estimator']})")
+    opt.add_argument("--patience", type=_positive_int,
+                     help="stop a run when its loss has not improved for this many steps (epochs for samples) "
+                          f"(default: never; {d['samples_patience']} epochs for samples)")
+    opt.add_argument("--subsample", type=_positive_int, metavar="B",
+                     help="evaluate each step's likelihood on B random observations, scaled to the full data "
+                          "(doubly-stochastic VI; NumPyro models with a data plate, or files with "
+                          "log_likelihood and data) (default: all observations)")
+    opt.add_argument("--devices", type=_positive_int, metavar="N",
+                     help="spread the fit over the first N devices (a 1-D mesh): the data, or the Monte Carlo "
+                          "draws, or the runs are split over them (default: one device)")
+    opt.add_argument("--epochs", type=_positive_int,
+                     help=f"samples files: maximum passes over the data (default {d['epochs']})")
+    opt.add_argument("--batch-size", type=_positive_int,
+                     help=f"samples files: rows per step (default {d['batch_size']})")
+
+    out = p.add_argument_group("output")
+    out.add_argument("--seed", type=_nonnegative_int, help=f"random seed; the same seed gives the same fit "
+                     f"(default {d['seed']})")
+    out.add_argument("--draws", type=_positive_int,
+                     help=f"draws per run for diagnostics and posterior.nc (default {d['draws']})")
+    out.add_argument("--out", metavar="DIR", help=f"output directory (default {out_default})")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--traceback", action="store_true",
+                     help="on an error, show the full Python traceback instead of one line")
+
+
+# --- argument types ----------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    parts = [p for p in text.replace(" ", ",").split(",") if p]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas (e.g. 64,64), "
+                                         f"got {text!r}")
+    return values
+
+
+def _flow_option(text: str) -> tuple[str, object]:
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name.isidentifier() or not raw.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. layers=6 or hidden=64,64), got {text!r}")
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw  # a plain word: transformer=spline
+    if isinstance(value, list):
+        value = tuple(value)
+    return name, value
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out a parsed ``fit`` or ``demo`` command."""
+    try:
+        if args.command == "demo":
+            own_flow = args.flow not in (None, DEMO_DEFAULTS["flow"])
+            for name, value in DEMO_DEFAULTS.items():
+                if getattr(args, name) is None and not (own_flow and name in HYPERPARAMETER_FLAGS):
+                    setattr(args, name, value)
+            model = _demo_model()
+            print(f"flowvi demo: fitting {model.path} with {_demo_settings(vars(args))}")
+        else:
+            _check_flow_flags(args, args.flow)
+            model = load_model_file(args.model)
+        return fit_model_file(model, args)
+    except ModelFileError as err:
+        if args.traceback:
+            raise
+        raise CliError(f"flowvi {args.command}: error: {err}") from err
+
+
+def _demo_model() -> ModelFile:
+    """models/banana.py of the source tree, or a built-in copy when flowvi is installed without it."""
+    for folder in (pathlib.Path(__file__).resolve().parent.parent / "models", pathlib.Path.cwd() / "models"):
+        if (folder / f"{DEMO_MODEL}.py").exists():
+            return load_model_file(folder / f"{DEMO_MODEL}.py")
+    module = types.ModuleType(DEMO_MODEL)
+    module.dim, module.names = 2, ["x0", "x1"]
+    module.log_density = lambda x: -0.5 * (x[0] ** 2 + (x[1] - x[0] ** 2) ** 2 / 0.25)
+    return ModelFile(pathlib.Path(f"{DEMO_MODEL}.py (built in)"), "log_density", module)
+
+
+def _check_flow_flags(args: argparse.Namespace, flow: str | None) -> None:
+    """Reject hyperparameter flags that the chosen family does not take (once the family is known)."""
+    if flow is None:
+        return
+    from flowvi.flows import hyperparameter_names
+
+    valid = hyperparameter_names(flow)
+    given = _hyperparameters(args)
+    wrong = [name for name in given if name not in valid]
+    if wrong:
+        flags = ", ".join(_flag(n) for n in wrong)
+        raise CliError(f"flowvi {args.command}: error: {flags} do{'es' if len(wrong) == 1 else ''} not apply "
+                       f"to --flow {flow}; its hyperparameters are {', '.join(_flag(n) for n in valid)}.")
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _hyperparameters(args: argparse.Namespace) -> dict:
+    out = {}
+    for dest, name in HYPERPARAMETER_FLAGS.items():
+        if getattr(args, dest) is not None:
+            out[name] = getattr(args, dest)
+    for name, value in args.flow_option:
+        if name in out:
+            raise CliError(f"flowvi {args.command}: error: the flow hyperparameter {name!r} is given twice "
+                           f"({_flag(name)} and --flow-option {name}=...).")
+        out[name] = value
+    return out
+
+
+def _check_kind_options(args: argparse.Namespace, model: ModelFile) -> None:
+    samples = model.kind == "samples"
+    wrong = [d for d in (REVERSE_KL_ONLY if samples else SAMPLES_ONLY) if getattr(args, d) is not None]
+    if samples and args.runs is not None and args.runs > 1:
+        wrong.append("runs")
+    if wrong:
+        what = ("a samples file is fitted by forward KL for --epochs" if samples else
+                "they apply to samples files; this file is fitted by reverse KL for --steps")
+        raise CliError(f"flowvi {args.command}: error: {', '.join(_flag(w) for w in wrong)} "
+                       f"do{'es' if len(wrong) == 1 else ''} not apply to {model.path} ({what}).")
+
+
+def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
+    """Fit, diagnose, export and report one model file; return the exit status."""
+    import jax
+    import numpy as np
+
+    import flowvi
+    from flowvi.fit import default_flow
+
+    print(f"flowvi: {model.path} defines {model.describe()}")
+    _check_kind_options(args, model)
+    samples = model.kind == "samples"
+    data = model.samples() if samples else None
+    target = None if samples else model.target()
+    dim = data.shape[1] if samples else target.dim
+    flow = args.flow or ("maf" if samples else default_flow(dim))
+    _check_flow_flags(args, flow)
+    hyper = _hyperparameters(args)
+    if target is not None:
+        names = target.names
+        print(f"flowvi: {dim} unconstrained coordinate{'s' if dim != 1 else ''}: "
+              f"{', '.join(names[:8])}{', ...' if dim > 8 else ''}")
+    out = pathlib.Path(args.out or f"runs/{model.name}")
+    seed = DEFAULTS["seed"] if args.seed is None else args.seed
+    draws = args.draws or DEFAULTS["draws"]
+    fit_key, diag_key, export_key, plot_key = jax.random.split(jax.random.key(seed), 4)
+
+    try:
+        mesh = None if samples else _mesh(args.devices)
+        flowvi.flows.make_flow(flow, dim, **hyper)
+        if samples:
+            post = flowvi.fit_samples(
+                data, key=fit_key, flow=flow, max_epochs=args.epochs or DEFAULTS["epochs"],
+                patience=args.patience or DEFAULTS["samples_patience"],
+                batch_size=args.batch_size or DEFAULTS["batch_size"],
+                learning_rate=args.learning_rate or DEFAULTS["samples_learning_rate"],
+                progress=not args.no_progress, **hyper)
+        else:
+            post = flowvi.fit(
+                target, key=fit_key, flow=flow, steps=args.steps or DEFAULTS["steps"],
+                num_samples=args.num_samples or DEFAULTS["num_samples"],
+                learning_rate=args.learning_rate or DEFAULTS["learning_rate"],
+                num_runs=args.runs or DEFAULTS["runs"], estimator=args.estimator or DEFAULTS["estimator"],
+                patience=args.patience, progress=not args.no_progress, subsample=args.subsample, mesh=mesh,
+                **hyper)
+    except (TypeError, ValueError) as err:
+        if args.traceback:
+            raise
+        raise CliError(f"flowvi {args.command}: error: {err}") from err
+
+    unit = "epochs" if samples else "steps"
+    print(f"\nfit: {flow} flow ({post.flow.num_params()} parameters per run), {post.num_runs} "
+          f"run{'s' if post.num_runs > 1 else ''}, {'/'.join(map(str, post.steps_run.tolist()))} {unit} "
+          f"in {post.fit_seconds:.1f} s; {post.stop_reason}")
+    if int(np.sum(post.skipped_steps)):
+        print(f"fit: {int(np.sum(post.skipped_steps))} step(s) skipped for non-finite loss or gradient")
+    out.mkdir(parents=True, exist_ok=True)
+    post.save(out / "flow.flowvi")
+
+    try:
+        if samples:
+            print(_samples_summary(post))
+        else:
+            print()
+            print(post.diagnose(diag_key, draws, iw_k=100 if draws >= 200 else None))
+        reference = _reference(model)
+        if reference:
+            print(f"\n{reference}")
+        idata = post.to_arviz(export_key, draws)
+    except ValueError as err:
+        if args.traceback:
+            raise
+        print(f"flowvi {args.command}: the fit finished but its diagnostics failed: {err}\n"
+              f"flowvi {args.command}: wrote {out / 'flow.flowvi'} only.", file=sys.stderr)
+        return EXIT_FAILED
+
+    from flowvi.cli_report import report_figure, summary_table
+
+    print("\naz.summary of the posterior" + (" (constrained)" if model.kind == "numpyro" else "") + ":")
+    print(summary_table(idata, target))
+    idata.to_netcdf(str(out / "posterior.nc"))
+    fig = report_figure(post, idata, plot_key, diag_key, data=data, num_draws=draws)
+    fig.savefig(out / "report.png", dpi=100)
+    print(f"\nwrote {', '.join(str(out / f) for f in OUTPUTS)}")
+    reload = "" if samples else ", target=<the same target>"
+    print(f"reload with: flowvi.load({str(out / 'flow.flowvi')!r}{reload}); "
+          f"arviz.from_netcdf({str(out / 'posterior.nc')!r})")
+    return EXIT_OK
+
+
+def _mesh(devices: int | None):
+    import jax
+
+    if devices is None:
+        return None
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(f"--devices {devices} asks for more devices than the {len(available)} JAX sees "
+                         f"({available[0].platform}).")
+    return jax.make_mesh((devices,), ("batch",), devices=available[:devices])
+
+
+def _reference(model: ModelFile) -> str:
+    """The known answers a model file may give in ``reference`` (e.g. ``log_z``, ``mean``, ``sd``)."""
+    import numpy as np
+
+    ref = getattr(model.module, "reference", None)
+    if not isinstance(ref, dict) or not ref:
+        return ""
+    parts = []
+    for name, value in ref.items():
+        try:
+            values = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            continue
+        shown = ", ".join(f"{v:.4g}" for v in values.ravel()[:8]) + (", ..." if values.size > 8 else "")
+        parts.append(f"{name} = {shown if values.ndim == 0 else f'[{shown}]'}")
+    return f"  exact answers given in {model.path.name}: {'; '.join(parts)}" if parts else ""
+
+
+def _samples_summary(post) -> str:
+    import numpy as np
+
+    val = np.asarray(post.validation_losses)
+    best = int(np.nanargmin(val))
+    return (f"\nforward KL (no target density, so no ELBO, log Z, k-hat or R-hat):\n"
+            f"  final training NLL   {float(post.losses[-1]):.4f}\n"
+            f"  best held-out NLL    {float(val[best]):.4f} (epoch {best + 1}; these parameters are kept)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The `flowvi` command: every model file fits end to end; bad input exits non-zero with one line."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import arviz as az
+import jax
+import pytest
+
+import flowvi
+from flowvi.cli import OUTPUTS, main
+from flowvi.cli_model import load_model_file
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODEL_FILES = sorted(p for p in (ROOT / "models").glob("*.py") if p.name != "__init__.py")
+# Tiny fits: the point is that every file goes through fit, diagnostics, export and report.
+TINY = ["--steps", "20", "--runs", "2", "--draws", "200", "--no-progress"]
+TINY_FLOW = {"log_density": ["--flow", "gaussian", "--covariance", "full"],
+             "numpyro": ["--flow", "gaussian"],
+             "data": ["--flow", "gaussian", "--subsample", "16"],
+             "samples": ["--flow", "maf", "--layers", "1", "--hidden", "4", "--epochs", "2",
+                         "--batch-size", "4096", "--draws", "200", "--no-progress"]}
+# The banana also checks that every kind of flow option reaches the flow and the fit.
+BANANA_OPTIONS = ["--flow", "iaf", "--transformer", "spline", "--flow-option", "layers=1", "--flow-option",
+                  "hidden=4,4", "--bins", "3", "--learning-rate", "1e-2", "--num-samples", "8",
+                  "--estimator", "reparam", "--patience", "500", "--seed", "3"]
+FOUND = {"log_density": "defines a log density", "numpyro": "defines a NumPyro model", "samples": "defines samples",
+         "data": "defines a log likelihood with data"}
+DATA_MODEL = '''"""Logistic regression with a data axis: the fourth kind of model file."""
+import numpy as np
+import jax.numpy as jnp
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(100, 2)).astype(np.float32)
+y = (rng.uniform(size=100) < 0.5).astype(np.float32)
+dim, names, data = 2, ["w0", "w1"], (X, y)
+
+
+def log_prior(w):
+    return -0.5 * jnp.sum(w ** 2)
+
+
+def log_likelihood(w, row):
+    x, t = row
+    return t * (x @ w) - jnp.logaddexp(0.0, x @ w)
+'''
+
+
+def _kind(path: pathlib.Path) -> str:
+    text = path.read_text()
+    if "\ndef log_likelihood(" in text:
+        return "data"
+    if "\nsamples = " in text:
+        return "samples"
+    return "numpyro" if "\ndef model(" in text else "log_density"
+
+
+def _one_line_error(capsys, argv, *expected):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+@pytest.mark.parametrize("path", MODEL_FILES + ["data"], ids=[p.stem for p in MODEL_FILES] + ["data_axis_file"])
+def test_fit_every_model_file(path, tmp_path, capsys):
+    if path == "data":
+        path = tmp_path / "data_model.py"
+        path.write_text(DATA_MODEL)
+    kind = _kind(path)
+    flow = BANANA_OPTIONS if path.stem == "banana" else TINY_FLOW[kind]
+    if path.stem == "logistic_regression":
+        flow = flow + ["--subsample", "32"]  # NumPyro plate subsampling
+    argv = ["fit", str(path), "--out", str(tmp_path)] + flow + ([] if kind == "samples" else TINY)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert FOUND[kind] in out
+    for name in OUTPUTS:
+        assert (tmp_path / name).stat().st_size > 0
+    assert "mean" in out and "sd" in out  # az.summary
+    if kind != "samples":
+        for text in ("ELBO", "log Z", "Pareto k-hat", "verdict:", "importance ESS", "R-hat across runs", "r_hat"):
+            assert text in out
+    if path.stem == "banana":
+        post = flowvi.load(tmp_path / "flow.flowvi")
+        assert post.flow.options == {"layers": 1, "hidden": (4, 4), "bins": 3, "transformer": "spline",
+                                     "bound": 5.0}
+        assert post.settings["learning_rate"] == 1e-2 and post.settings["num_samples"] == 8
+        assert post.settings["patience"] == 500
+    idata = az.from_netcdf(tmp_path / "posterior.nc")
+    assert idata.posterior.sizes["chain"] == (1 if kind == "samples" else 2)
+    assert flowvi.load(tmp_path / "flow.flowvi").num_runs == (1 if kind == "samples" else 2)
+
+
+def test_demo_writes_outputs_and_reloads(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "30", "--hidden", "8", "--draws", "200"]) == 0
+    captured = capsys.readouterr()
+    assert "banana" in captured.out and "verdict:" in captured.out
+    assert "step" in captured.err  # the progress bar
+    for name in OUTPUTS:
+        assert (tmp_path / name).exists()
+    banana = load_model_file(ROOT / "models" / "banana.py")
+    post = flowvi.load(tmp_path / "flow.flowvi", banana.target())
+    assert post.flow.name == "spline_coupling" and post.flow.options["hidden"] == (8,)
+    assert post.sample(jax.random.key(0), 5).shape == (5, 2)
+    assert post.settings["steps"] == 30
+
+
+def test_help_documents_every_option(capsys):
+    assert main(["fit", "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in ("--flow", "--layers", "--hidden", "--bins", "--bound", "--transformer", "--block-size",
+                 "--covariance", "--flow-option", "--steps", "--num-samples", "--learning-rate", "--runs",
+                 "--estimator", "--patience", "--epochs", "--batch-size", "--seed", "--draws", "--out"):
+        assert f"\n  {flag} " in text, flag
+    assert "exit status" in text
+    assert main(["demo", "--help"]) == 0
+    assert "banana" in capsys.readouterr().out
+
+
+def test_missing_model_file(capsys, tmp_path):
+    _one_line_error(capsys, ["fit", str(tmp_path / "nope.py")], "does not exist")
+    _one_line_error(capsys, ["fit", str(tmp_path)], "is a directory")
+    (tmp_path / "data.csv").write_text("1,2\n")
+    _one_line_error(capsys, ["fit", str(tmp_path / "data.csv")], "must be a Python file")
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("import numpy as np\n\nx = undefined_name + 1\n", ["failed to import", "NameError", "undefined_name",
+                                                        "(line 3)"]),
+    ("def log_density(x:\n    return x\n", ["failed to import", "SyntaxError", "(line 1)"]),
+    ("import no_such_module_xyz\n", ["failed to import", "ModuleNotFoundError", "no_such_module_xyz"]),
+    ("raise SystemExit(3)\n", ["failed to import", "SystemExit"]),
+])
+def test_model_file_that_fails_to_import(source, expected, capsys, tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    _one_line_error(capsys, ["fit", str(path)], *expected)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("x = 1\n", ["defines no target", "`log_density` and `dim`", "`model`", "`samples`", "it defines x"]),
+    ("data = [1]\ndef log_likelihood(w, row):\n    return 0.0\n", ["`log_likelihood` but no `dim`"]),
+    ("dim = 1\ndata = [1]\ndef log_likelihood(w, row):\n    return 0.0\n", ["no `log_prior`"]),
+    ("def log_density(x):\n    return -x @ x\n", ["`log_density` but no `dim`"]),
+    ("dim = 2\n", ["`dim` but no `log_density`"]),
+    ("args = (1,)\n", ["no `model`"]),
+    ("import numpy as np\ndim = 1\ndef log_density(x):\n    return -x[0] ** 2\nsamples = np.zeros((5, 1))\n",
+     ["more than one kind", "log density", "samples"]),
+    ("dim = 0\ndef log_density(x):\n    return 0.0\n", ["`dim` must be a positive integer"]),
+    ("dim = 2\nnames = ['a']\ndef log_density(x):\n    return 0.0\n", ["`names` has 1 entries"]),
+    ("model = 3\n", ["`model` must be a NumPyro model"]),
+    ("def model():\n    pass\nkwargs = [1]\n", ["`kwargs` must be a dict"]),
+    ("def model():\n    pass\n", ["no latent sample sites"]),
+    ("import numpy as np\nsamples = np.full((4, 2), np.nan)\n", ["`samples` data holds 8 NaN"]),
+    ("dim = 2\ndef log_density(x):\n    return x\n", ["must return a scalar"]),
+])
+def test_model_file_without_a_usable_target(source, expected, capsys, tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(source)
+    _one_line_error(capsys, ["fit", str(path), "--no-progress", "--out", str(tmp_path)],
+                    *expected)
+
+
+BANANA = str(ROOT / "models" / "banana.py")
+CHEQUERBOARD = str(ROOT / "models" / "chequerboard.py")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["fit", BANANA, "--steps", "0"], ["--steps", "positive integer", "'0'"]),
+    (["fit", BANANA, "--learning-rate", "-1"], ["--learning-rate", "positive"]),
+    (["fit", BANANA, "--flow", "nope"], ["--flow", "invalid choice", "'nope'"]),
+    (["fit", BANANA, "--hidden", "a,b"], ["--hidden", "positive integers separated by commas"]),
+    (["fit", BANANA, "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["fit"], ["MODEL_FILE"]),
+    (["fit", BANANA, "--flow", "gaussian", "--layers", "3"], ["--layers does not apply to --flow gaussian",
+                                                              "--covariance"]),
+    (["fit", BANANA, "--flow-option", "layers"], ["NAME=VALUE"]),
+    (["fit", BANANA, "--flow", "iaf", "--flow-option", "depth=3"], ["--depth does not apply to --flow iaf"]),
+    (["fit", BANANA, "--layers", "2", "--flow-option", "layers=3"], ["'layers' is given twice"]),
+    (["fit", BANANA, "--epochs", "3"], ["--epochs does not apply", "banana.py", "--steps"]),
+    (["fit", CHEQUERBOARD, "--steps", "3", "--runs", "2"], ["--steps, --runs do not apply", "--epochs"]),
+    (["fit", BANANA, "--flow", "iaf", "--estimator", "stl"], ["estimator='stl'", "iaf"]),
+    (["fit", BANANA, "--flow", "iaf", "--transformer", "cubic"], ["--transformer", "invalid choice"]),
+    (["fit", BANANA, "--flow", "iaf", "--flow-option", "transformer=cubic"], ["transformer"]),
+    (["fit", BANANA, "--subsample", "10"], ["subsample"]),
+    (["fit", BANANA, "--devices", "4096"], ["--devices 4096", "more devices"]),
+    (["fit", CHEQUERBOARD, "--subsample", "10"], ["--subsample does not apply"]),
+])
+def test_invalid_options(argv, expected, capsys, tmp_path):
+    _one_line_error(capsys, [*argv, "--no-progress", "--out", str(tmp_path)] if len(argv) > 1 else argv, *expected)
+
+
+def test_console_script_exit_status_and_message(tmp_path):
+    script = pathlib.Path(sys.executable).parent / "flowvi"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "flowvi"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([*command, "fit", str(tmp_path / "missing.py")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"flowvi fit: error: model file {str(tmp_path / 'missing.py')!r} does not exist."
+    assert result.stdout == ""
