@@ -210,6 +210,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     chunk_size = check_positive_int("chunk_size", chunk_size)
     max_bad_streak = check_positive_int("max_bad_streak", max_bad_streak)
     check_choice("estimator", estimator, ESTIMATORS)
+    if flow.sample_cost == "numerical":
+        raise ValueError(f"flow={flow.name!r} is inverted: it samples by numerical root finding, which "
+                         "gives no reparameterisation gradient. Use it with fit_samples, or without inverted=True.")
     if estimator == "stl" and flow.inverse_cost != "one pass":
         raise ValueError(f"estimator='stl' needs a flow whose log_prob at a new point is one pass; "
                          f"flow={flow.name!r} inverts with {flow.inverse_cost} passes. "

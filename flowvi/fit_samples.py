@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from flowvi.fit import as_key, default_optimizer, resolve_flow
-from flowvi.flows import Flow
+from flowvi.flows import FAMILIES, Flow, make_flow
 from flowvi.flows.base import _SHIFT, SCALE_FLOOR
 from flowvi.objectives import negative_log_likelihood
 from flowvi.posterior import Posterior
@@ -89,7 +89,10 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     A random `validation_fraction` of the rows is held out; training stops when
     the held-out NLL has not improved for `patience` epochs, and the parameters
     with the best held-out NLL are returned. The flow's last affine layer starts
-    at the data's mean and standard deviation.
+    at the data's mean and standard deviation. Families whose density at a new
+    point is not one pass (``iaf``, ``bnaf``) are used inverted (data to noise,
+    ``inverted=True``), so training costs one pass per batch; sampling them
+    then costs what their inverse costs.
 
     Args:
         data: array ``(n, dim)``, finite.
@@ -112,7 +115,14 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     key = as_key(key)
     data = check_data(data)
     n, dim = data.shape
+    if isinstance(flow, str) and flow in FAMILIES and "inverted" not in flow_hyperparameters:
+        # Orient the flow so the density of data is one pass (data -> noise).
+        flow_hyperparameters["inverted"] = make_flow(flow, dim, **flow_hyperparameters).inverse_cost != "one pass"
     flow = resolve_flow(flow, dim, flow_hyperparameters, FIT_SAMPLES_OPTIONS)
+    if flow.inverse_cost == "numerical":
+        raise ValueError(f"flow={flow.name!r} evaluates densities by numerical root finding, which has no "
+                         "useful gradient; fit samples with flow='bnaf' (oriented automatically) or "
+                         "make_flow('bnaf', dim, inverted=True).")
     max_epochs = check_positive_int("max_epochs", max_epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     max_bad_streak = check_positive_int("max_bad_streak", max_bad_streak)

@@ -18,7 +18,7 @@ import functools
 import inspect
 
 from flowvi.flows.autoregressive import iaf, maf
-from flowvi.flows.base import Flow
+from flowvi.flows.base import Flow, invert
 from flowvi.flows.bnaf import bnaf
 from flowvi.flows.coupling import affine_coupling, spline_coupling
 from flowvi.flows.gaussian import gaussian
@@ -35,8 +35,8 @@ FAMILIES = {
 
 
 def hyperparameter_names(name: str) -> list[str]:
-    """The keyword hyperparameters that family `name` accepts."""
-    return [p for p in inspect.signature(FAMILIES[name]).parameters if p != "dim"]
+    """The keyword hyperparameters that family `name` accepts (plus ``inverted``, see `make_flow`)."""
+    return [p for p in inspect.signature(FAMILIES[name]).parameters if p != "dim"] + ["inverted"]
 
 
 def _hashable(value):
@@ -49,11 +49,18 @@ def _hashable(value):
 def _cached_family(name: str, dim: int, hyper: tuple) -> Flow:
     # One Flow object per (family, dim, hyperparameters): a later fit with the
     # same configuration then hits JAX's compilation cache.
-    return FAMILIES[name](dim, **dict(hyper))
+    options = dict(hyper)
+    inverted = options.pop("inverted", False)
+    flow = FAMILIES[name](dim, **options)
+    return invert(flow) if inverted else flow
 
 
 def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
     """Resolve a family name (plus hyperparameters) or a ready `Flow` for event size `dim`.
+
+    Every family also takes ``inverted=True``, which swaps its directions (see
+    `flowvi.flows.base.invert`): e.g. ``make_flow("bnaf", 2, inverted=True)`` is a
+    BNAF whose density is one pass and whose sampling is numerical.
 
     Raises:
         ValueError: unknown family name (the valid ones are listed), or a `Flow`
@@ -73,11 +80,10 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
                          f"{', '.join(map(repr, FAMILIES))} or a flowvi.flows.Flow.")
     check_known_options(f"hyperparameter(s) for flow={flow!r}:", hyperparameters, hyperparameter_names(flow))
     hyper = tuple(sorted((k, _hashable(v)) for k, v in hyperparameters.items()))
-    try:
-        return _cached_family(flow, dim, hyper)
-    except TypeError:  # unhashable hyperparameter value: build without caching
-        return FAMILIES[flow](dim, **hyperparameters)
+    if not isinstance(hyperparameters.get("inverted", False), bool):
+        raise ValueError(f"inverted must be True or False, got {hyperparameters['inverted']!r}.")
+    return _cached_family(flow, dim, hyper)
 
 
-__all__ = ["FAMILIES", "Flow", "affine_coupling", "bnaf", "gaussian", "hyperparameter_names", "iaf",
+__all__ = ["FAMILIES", "Flow", "affine_coupling", "bnaf", "gaussian", "hyperparameter_names", "iaf", "invert",
            "maf", "make_flow", "spline_coupling"]
