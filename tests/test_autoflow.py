@@ -195,7 +195,7 @@ def test_changed_latent_dimension_is_an_error(eight_schools_svi):
 
 def test_bad_options_are_named():
     model = load_model("eight_schools").model
-    with pytest.raises(TypeError, match=r"'depth'.*'hidden', 'layers'"):
+    with pytest.raises(TypeError, match=r"'depth'.*'hidden'.*'layers'"):
         AutoFlow(model, flow="iaf", depth=3)
     with pytest.raises(ValueError, match="not a known flow family"):
         AutoFlow(model, flow="realnvp")
