@@ -291,7 +291,7 @@ def test_numpyro_data_finite(name):
 
 @pytest.mark.parametrize("name", NUMPYRO_MODELS)
 def test_numpyro_initialize_and_potential(name):
-    m = load(name)
+    load(name)
     info, potential_fn, postprocess_fn, trace = initialized(name)
     flat, unravel = jax.flatten_util.ravel_pytree(info.z)
     assert flat.shape == (UNCONSTRAINED_DIM[name],)
