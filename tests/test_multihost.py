@@ -12,11 +12,9 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import flowvi
+from multihost_fits import run_fits
 
 WORKER = Path(__file__).resolve().with_name("multihost_worker.py")
 TIMEOUT_S = 240
@@ -55,19 +53,7 @@ def test_two_process_fit_agrees_across_processes_and_with_one_device(tmp_path):
         assert results[0][name] == results[1][name], f"{name}: the processes disagree"
 
     # The same fits on this process's single device.
-    def banana(x):
-        return -0.5 * (x[0] ** 2 + (x[1] - x[0] ** 2) ** 2 / 0.25)
-
-    rows = np.random.default_rng(0).normal(1.0, 1.0, size=(64, 2)).astype(np.float32)
-    data_target = flowvi.Target(log_prior=lambda x: -0.5 * jnp.sum(x ** 2),
-                                log_likelihood=lambda x, r: -0.5 * jnp.sum((r - x) ** 2), data=rows, dim=2)
-    single = {
-        "batch": flowvi.fit(banana, dim=2, flow="gaussian", steps=10, num_samples=16, key=jax.random.key(0)),
-        "runs": flowvi.fit(banana, dim=2, flow="gaussian", steps=10, num_samples=8, num_runs=4,
-                           key=jax.random.key(0)),
-        "data": flowvi.fit(data_target, flow="gaussian", steps=10, num_samples=8, subsample=16,
-                           key=jax.random.key(0)),
-    }
+    single = run_fits()
     for name, post in single.items():
         for got, want in zip(results[0][name]["params"], jax.tree.leaves(post.params), strict=True):
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5, err_msg=name)
