@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "flowvi_affine_coupling": "flowvi_runner",
     "flowvi_spline_coupling": "flowvi_runner",
     "flowvi_iaf": "flowvi_runner",
+    "flowvi_iaf_spline": "flowvi_runner",  # the architecture of flowjax_maf_rqs (invert=False)
     "flowvi_maf": "flowvi_runner",
     "flowvi_bnaf": "flowvi_runner",
     # flowjax, reverse KL with invert=False

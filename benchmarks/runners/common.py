@@ -2,16 +2,18 @@
 
 Timing protocol (identical for every method, each library treated as a black box):
 a cold fit of N steps after ``jax.clear_caches()`` takes ``T_cold`` (compilation
-included); warm fits of N and M steps take ``T_N`` and ``T_M`` (each the best of
-two), with M = 2N, grown 4-fold (up to 32N) until ``T_M - T_N`` exceeds timing noise
-(0.5 s, and a quarter of ``T_N``). ``s_per_step = (T_M - T_N) / (M - N)`` cancels
-any fixed per-call cost (set-up, re-tracing, or recompilation in libraries that
-do so on every call), and ``compile_s = T_cold - N * s_per_step`` is the cost of a
-first call beyond its steps (compilation plus set-up). The draws come from a
-warm N-step fit (same seed, same result as the cold one). At tiny N
-(``--quick``) the per-step figure is rough. ``timing="fast"`` (the ``--quick``
-default) skips the M-step fits: ``s_per_step = T_N / N``, which then includes any
-fixed per-call cost, and ``compile_s = T_cold - T_N``.
+included) and gives the state the draws come from; warm fits of K and M steps take
+``T_K`` and ``T_M`` (each the best of two), with K = min(N, ``timing_steps``) and
+M = 2K, grown 4-fold (up to 32K) until ``T_M - T_K`` exceeds timing noise (0.5 s,
+and a quarter of ``T_K``). ``s_per_step = (T_M - T_K) / (M - K)`` cancels any fixed
+per-call cost (set-up, re-tracing, or recompilation in libraries that do so on
+every call), and ``compile_s = T_cold - N * s_per_step`` is the cost of a first
+call beyond its steps (compilation plus set-up). Capping K keeps long runs
+affordable: the rate is measured on shorter fits of the same compiled step.
+At tiny N (``--quick``) the per-step figure is rough. ``timing="fast"`` (the
+``--quick`` default) replaces the K- and M-step fits by one warm N-step fit:
+``s_per_step = T_N / N``, which then includes any fixed per-call cost, and
+``compile_s = T_cold - T_N``.
 
 Equal-time mode: the protocol above at N = ``--steps`` gives ``s_per_step``; a final
 warm fit then runs ``round(time_budget / s_per_step)`` steps, so ``time_budget`` is
@@ -80,23 +82,25 @@ def _best(fit, steps: int, repeats: int) -> float:
 
 
 def measure(fit: Callable[[int], object], steps: int, timing: str = "full", repeats: int = 2,
-            min_extra_s: float = 0.5, max_factor: int = 32) -> tuple[object, dict]:
-    """Cold fit, then warm fits of N and M > N steps (best of `repeats`); see module docstring."""
-    _, t_cold = _timed(fit, steps, cold=True)
-    state, t_warm = _timed(fit, steps, cold=False)
+            min_extra_s: float = 0.5, max_factor: int = 32, timing_steps: int = 500) -> tuple[object, dict]:
+    """Cold fit (its state is returned), then warm fits of K and M > K steps; see module docstring."""
+    state, t_cold = _timed(fit, steps, cold=True)
     if timing == "fast":
-        per_step, m = t_warm / steps, steps
+        k = m = steps
+        t_k = _timed(fit, steps, cold=False)[1]
+        per_step = t_k / steps
     else:
-        t_warm = min([t_warm] + [_timed(fit, steps, cold=False)[1] for _ in range(repeats - 1)])
-        m = 2 * steps
+        k = min(steps, timing_steps)
+        t_k = _best(fit, k, repeats)
+        m = 2 * k
         while True:
             t_m = _best(fit, m, repeats)
-            if t_m - t_warm >= max(min_extra_s, 0.25 * t_warm) or m >= max_factor * steps:
+            if t_m - t_k >= max(min_extra_s, 0.25 * t_k) or m >= max_factor * k:
                 break
             m *= 4
-        per_step = max(t_m - t_warm, 0.0) / (m - steps)
-    return state, {"steps": steps, "fit_s": t_cold, "warm_fit_s": t_warm, "timing": timing,
-                   "timing_steps": m, "compile_s": max(t_cold - steps * per_step, 0.0),
+        per_step = max(t_m - t_k, 0.0) / (m - k)
+    return state, {"steps": steps, "fit_s": t_cold, "warm_fit_s": t_k, "timing": timing,
+                   "timing_steps": [k, m], "compile_s": max(t_cold - steps * per_step, 0.0),
                    "s_per_1000": 1000.0 * per_step}
 
 

@@ -1,4 +1,4 @@
-"""flowvi runner: ``flowvi.fit`` with each flow family, reverse KL, default estimator.
+"""flowvi runner: ``flowvi.fit`` with each flow family, reverse KL, default estimator, progress bar on.
 
 By default flowvi uses its own optimiser (Adam with gradient clipping and a cosine
 decay starting at the shared learning rate), as a user would get;
@@ -26,6 +26,9 @@ def family_config(method: str, dim: int) -> tuple[str, dict]:
                      "bound": s["bound"]}
     if fam in ("iaf", "maf"):
         return fam, {"layers": s["layers"], "hidden": s["hidden"]}
+    if fam == "iaf_spline":
+        return "iaf", {"layers": s["layers"], "hidden": s["hidden"], "transformer": "spline",
+                       "bins": s["bins"], "bound": s["bound"]}
     if fam == "bnaf":
         return fam, {"layers": s["bnaf_layers"], "block_size": s["bnaf_blocks"]}
     raise ValueError(f"unknown flowvi method {method!r}")
@@ -48,7 +51,7 @@ def run(target_name, method, steps, num_samples, learning_rate, seed, time_budge
     def fit(n):
         return flowvi.fit(target.log_density, dim=target.dim, flow=family, steps=n,
                           key=jax.random.key(seed), num_samples=num_samples,
-                          learning_rate=learning_rate, optimizer=optimizer, progress=False,
+                          learning_rate=learning_rate, optimizer=optimizer, progress=True,
                           **hyper)
 
     post, times = timed_fit(fit, steps, time_budget, timing)

@@ -1,7 +1,10 @@
 """Apply many layers of one bijector type with stacked parameters, via `lax.scan`.
 
 Unrolling a Python loop over layers makes compile time grow with depth;
-scanning keeps it roughly constant.
+scanning keeps it roughly constant. The scan body holds up to `UNROLL` layers:
+a loop iteration costs a few microseconds on CPU (measured 20% of an IAF step
+at four layers), so shallow stacks run unrolled, and a deep stack compiles
+like an `UNROLL`-layer one.
 """
 
 from collections.abc import Callable
@@ -10,6 +13,8 @@ from typing import Any
 import distrax
 import jax
 import jax.numpy as jnp
+
+UNROLL = 4
 
 
 class LayerScan(distrax.Bijector):
@@ -40,7 +45,9 @@ class LayerScan(distrax.Bijector):
             return (z, log_det + ld), None
 
         init = (z, jnp.zeros(z.shape[:-1], z.dtype))
-        (z, log_det), _ = jax.lax.scan(body, init, (self._params, self._consts), reverse=inverse)
+        layers = jax.tree.leaves(self._params)[0].shape[0]
+        (z, log_det), _ = jax.lax.scan(body, init, (self._params, self._consts), reverse=inverse,
+                                       unroll=min(layers, UNROLL))
         return z, log_det
 
     def forward_and_log_det(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,8 +1,14 @@
-"""Coupling flows: affine (RealNVP, Dinh et al. 2017) and rational-quadratic spline
-(neural spline flow, Durkan et al. 2019), built on `distrax.MaskedCoupling`.
+"""Coupling flows on `distrax.SplitCoupling`: affine and rational-quadratic spline.
 
-Layer k transforms the coordinates with ``(i + k) % 2 == 1`` conditioned on the
-others, so consecutive layers alternate and every coordinate is transformed.
+Affine is RealNVP (Dinh et al. 2017); spline is the neural spline flow (Durkan
+et al. 2019).
+
+With ``h = dim // 2``, even layers transform ``x[h:]`` conditioned on ``x[:h]``;
+odd layers are conjugated by a reversal, so they transform ``x[:dim - h]``
+conditioned on the rest. Consecutive layers alternate, every coordinate is
+transformed, and no net permutation is left over. Splitting (rather than masking)
+evaluates the conditioner's outputs and the transformer only for the coordinates
+that change, half the work of a masked coupling.
 """
 
 from collections.abc import Callable
@@ -10,8 +16,8 @@ from collections.abc import Callable
 import distrax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from flowvi.bijectors import Reverse
 from flowvi.flows.base import (
     Flow,
     affine_transformer,
@@ -28,18 +34,21 @@ def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: 
     if dim < 2:
         raise ValueError(f"flow={name!r} needs dim >= 2 (coupling splits the coordinates); "
                          f"got dim={dim}. Use 'gaussian' or 'iaf' for dim=1.")
-    masks = jnp.asarray(np.stack([(np.arange(dim) + k) % 2 == 0 for k in range(layers)]))
+    split = dim // 2
+    changed = dim - split
+    flips = jnp.arange(layers) % 2 == 1
 
-    def make_layer(conditioner_params, mask) -> distrax.Bijector:
-        def conditioner(x_masked):
-            out = apply_mlp(conditioner_params, x_masked)
-            return out.reshape(*out.shape[:-1], dim, param_size)
-        return distrax.MaskedCoupling(mask=mask, conditioner=conditioner, bijector=transformer)
+    def make_layer(conditioner_params, flip) -> distrax.Bijector:
+        def conditioner(x_kept):
+            out = apply_mlp(conditioner_params, x_kept)
+            return out.reshape(*out.shape[:-1], changed, param_size)
+        coupling = distrax.SplitCoupling(split, 1, conditioner, transformer)
+        return distrax.Chain([Reverse(flip), coupling, Reverse(flip)])
 
     def init_layer(key: jax.Array) -> list[dict]:
-        return init_mlp(key, (dim, *hidden, dim * param_size))
+        return init_mlp(key, (split, *hidden, changed * param_size))
 
-    return layered_flow(name, dim, hyper, layers, init_layer, make_layer, masks, "one pass")
+    return layered_flow(name, dim, hyper, layers, init_layer, make_layer, flips, "one pass")
 
 
 def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64)) -> Flow:
@@ -47,7 +56,7 @@ def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64)) -> Flow:
 
     Args:
         dim: event size (>= 2).
-        layers: number of coupling layers (alternating masks).
+        layers: number of coupling layers (alternating halves).
         hidden: conditioner MLP hidden widths.
     """
     layers = check_positive_int("layers", layers)
@@ -61,7 +70,7 @@ def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, b
 
     Args:
         dim: event size (>= 2).
-        layers: number of coupling layers (alternating masks).
+        layers: number of coupling layers (alternating halves).
         hidden: conditioner MLP hidden widths.
         bins: spline bins per coordinate.
         bound: half-width of the spline interval; identity outside it.
