@@ -19,14 +19,16 @@ COLUMNS = [  # (header, getter, format)
     ("log sd ratio", lambda r: r["metrics"]["log_sd_ratio"], "{:+.3f}"),
     ("compile s", lambda r: r.get("compile_s"), "{:.2f}"),
     ("s/1k steps", lambda r: r.get("s_per_1000"), "{:.2f}"),
+    ("k draws/s", lambda r: r["num_samples"] / r["s_per_1000"], "{:.1f}"),
     ("peak MB", lambda r: r.get("peak_mb"), "{:.0f}"),
+    ("device MB", lambda r: r.get("device_peak_mb"), "{:.0f}"),
 ]
 
 
 def _cell(rec, get, fmt) -> str:
     try:
         v = get(rec)
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ZeroDivisionError):
         return ""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a" if rec.get("status") == "ok" else ""
@@ -60,6 +62,8 @@ def markdown(results: dict) -> str:
         head += ("\n\nTiming `fast`: s/1k steps is one warm fit's seconds per step, including any"
                  " fixed per-call cost (NumPyro's `svi.run` re-traces on every call); rough.")
     out = [head]
+    for r in results["runs"]:
+        r.setdefault("num_samples", m.get("num_samples"))  # records from before the field existed
     for t in dict.fromkeys(r["target"] for r in results["runs"]):
         out += ["", f"## {t}", "", table([r for r in results["runs"] if r["target"] == t])]
     return "\n".join(out) + "\n"

@@ -21,6 +21,7 @@ import time
 
 from benchmarks import report
 from benchmarks.runners import METHODS
+from benchmarks.targets import is_target
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BENCH_PYTHON = ROOT / ".benchvenv" / "bin" / "python"
@@ -36,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {QUICK['steps']} steps on {QUICK['targets']}")
     p.add_argument("--methods", default="*", help="comma-separated names or globs, e.g. 'flowvi_*'")
-    p.add_argument("--targets", default=None, help=f"comma-separated from {ALL_TARGETS}")
+    p.add_argument("--targets", default=None,
+                   help=f"comma-separated from {ALL_TARGETS}, or gauss<N>d (the Gaussian in N dims)")
     p.add_argument("--steps", type=int, default=None, help="optimisation steps (default 2000)")
     p.add_argument("--mode", choices=["equal-steps", "equal-time"], default="equal-steps")
     p.add_argument("--time-budget", type=float, default=None,
@@ -69,9 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [q for q in pats if not any(fnmatch.fnmatchcase(m, q) for m in METHODS)]
     if unknown or not a.methods:
         p.error(f"no method matches {unknown or pats}; known: {', '.join(METHODS)}")
-    bad = [t for t in a.targets if t not in ALL_TARGETS]
+    bad = [t for t in a.targets if not is_target(t)]
     if bad:
-        p.error(f"unknown targets {bad}; known: {ALL_TARGETS}")
+        p.error(f"unknown targets {bad}; known: {ALL_TARGETS} or gauss<N>d (any N)")
     return a
 
 
@@ -89,13 +91,18 @@ def _spawn(cmd: list[str], timeout: float, log: pathlib.Path) -> tuple[int | Non
     return rc, log.read_text(errors="replace")[-2000:]
 
 
-def run_one(args, target: str, method: str, tmp: pathlib.Path) -> dict:
-    """One worker subprocess; always returns a record (``failed``/``timeout`` on trouble)."""
-    spec = {"target": target, "method": method, "steps": args.steps,
+def make_spec(args, target: str, method: str) -> dict:
+    """The worker's job description for one (target, method) under the parsed options `args`."""
+    return {"target": target, "method": method, "steps": args.steps,
             "num_samples": args.num_samples, "learning_rate": args.learning_rate,
             "seed": args.seed, "num_draws": args.draws,
             "time_budget": args.time_budget if args.mode == "equal-time" else None,
             "options": {"timing": args.timing, "flowvi_optimizer": args.flowvi_optimizer}}
+
+
+def run_one(args, target: str, method: str, tmp: pathlib.Path) -> dict:
+    """One worker subprocess; always returns a record (``failed``/``timeout`` on trouble)."""
+    spec = make_spec(args, target, method)
     out = tmp / f"{target}-{method}.json"
     t0 = time.perf_counter()
     rc, tail = _spawn([args.python, "-m", "benchmarks.worker", json.dumps(spec), str(out)],

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import pathlib
+import re
 from collections.abc import Callable
 
 import jax
@@ -192,8 +193,19 @@ TARGETS: dict[str, Callable[[], Target]] = {
 }
 
 
+GAUSS_PATTERN = re.compile(r"gauss([1-9][0-9]*)d")  # gauss<N>d: `ill_gaussian(N)`, for scaling runs
+
+
+def is_target(name: str) -> bool:
+    """Whether `get_target` knows `name`."""
+    return name in TARGETS or GAUSS_PATTERN.fullmatch(name) is not None
+
+
 def get_target(name: str) -> Target:
-    """Build target `name` (one of `TARGETS`)."""
-    if name not in TARGETS:
-        raise KeyError(f"unknown target {name!r}; expected one of {sorted(TARGETS)}")
-    return TARGETS[name]()
+    """Build target `name`: one of `TARGETS`, or ``gauss<N>d`` (the ill-conditioned Gaussian in N dims)."""
+    if name in TARGETS:
+        return TARGETS[name]()
+    match = GAUSS_PATTERN.fullmatch(name)
+    if match is None:
+        raise KeyError(f"unknown target {name!r}; expected one of {sorted(TARGETS)} or gauss<N>d")
+    return ill_gaussian(int(match.group(1)))

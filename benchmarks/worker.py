@@ -22,6 +22,17 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def _device_info() -> dict:
+    """Backend, device kind and (where the backend reports it) the device's peak memory in MB."""
+    import jax
+
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    peak = (stats or {}).get("peak_bytes_in_use")
+    return {"backend": jax.default_backend(), "device_kind": dev.device_kind,
+            "device_peak_mb": None if peak is None else peak / 2**20}
+
+
 def run_spec(spec: dict) -> dict:
     """Run one (target, method) spec and return its JSON-able record."""
     from benchmarks.runners import METHODS
@@ -50,6 +61,8 @@ def run_spec(spec: dict) -> dict:
         rec["metrics"] = metrics.compute(out["draws"], out["log_q"], log_p, target.reference)
         rec.update({k: v for k, v in out.items() if k not in ("draws", "log_q")})
         rec["num_draws"] = int(len(out["draws"]))
+        rec["num_samples"] = spec["num_samples"]
+        rec.update(_device_info())
         rec["reference"] = {k: v for k, v in target.reference.items() if k not in ("mean", "sd")}
     except ModuleNotFoundError as e:
         if e.name and (e.name.startswith("benchmarks") or e.name.startswith("flowvi.")):

@@ -99,8 +99,14 @@ def load(path: str | os.PathLike, target: Target | Any = None) -> Posterior:
     leaves = [jnp.asarray(arrays[f"param_{i:05d}"]) for i in range(meta["num_leaves"])]
     for got, want in zip(leaves, jax.tree.leaves(template), strict=True):
         if got.shape != want.shape:
+            from flowvi import __version__
+
+            written_by = meta.get("flowvi_version")
+            cause = ("the file is damaged" if written_by == __version__ else
+                     f"it was written by flowvi {written_by} and this is {__version__}: refit with this "
+                     "version (a family's parameter layout can change between versions), or the file is damaged")
             raise ValueError(f"{str(path)!r} holds parameters of shape {got.shape} where flow "
-                             f"{spec['name']!r} expects {want.shape}; the file is damaged.")
+                             f"{spec['name']!r} expects {want.shape}; {cause}.")
     return Posterior(
         flow=flow, params=jax.tree.unflatten(treedef, leaves), target=target, losses=arrays["losses"],
         stop_reasons=list(meta["stop_reasons"]), steps_run=arrays["steps_run"],

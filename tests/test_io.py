@@ -65,3 +65,26 @@ def test_load_with_wrong_dim_target(fitted, tmp_path):
     fitted.save(tmp_path / "f.flowvi")
     with pytest.raises(ValueError, match="dim"):
         flowvi.load(tmp_path / "f.flowvi", flowvi.Target(lambda x: -x @ x, dim=3))
+
+
+def _rewrite(path, version: str):
+    """Rewrite a saved fit as if an older flowvi with another parameter layout had written it."""
+    import json
+
+    with np.load(path) as z:
+        arrays = dict(z)
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["flowvi_version"] = version
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    arrays["param_00000"] = np.zeros(arrays["param_00000"].shape + (2,))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("version, cause", [("0.0.1", "written by flowvi 0.0.1"), (flowvi.__version__, "damaged")])
+def test_parameter_layout_mismatch_names_the_cause(fitted, tmp_path, version, cause):
+    path = tmp_path / "old.flowvi"
+    fitted.save(path)
+    _rewrite(path, version)
+    with pytest.raises(ValueError, match=cause):
+        flowvi.load(path)

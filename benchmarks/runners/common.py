@@ -4,8 +4,9 @@ Timing protocol (identical for every method, each library treated as a black box
 a cold fit of N steps after ``jax.clear_caches()`` takes ``T_cold`` (compilation
 included) and gives the state the draws come from; warm fits of K and M steps take
 ``T_K`` and ``T_M`` (each the best of two), with K = min(N, ``timing_steps``) and
-M = 2K, grown 4-fold (up to 32K) until ``T_M - T_K`` exceeds timing noise (0.5 s,
-and a quarter of ``T_K``). ``s_per_step = (T_M - T_K) / (M - K)`` cancels any fixed
+M = 2K, grown 4-fold (up to 128K) until ``T_M - T_K`` exceeds timing noise (0.5 s,
+and a quarter of ``T_K``); if it never does, ``rate_resolved`` is False and the
+rate is an upper bound on the speed (NaN when ``T_M <= T_K``). ``s_per_step = (T_M - T_K) / (M - K)`` cancels any fixed
 per-call cost (set-up, re-tracing, or recompilation in libraries that do so on
 every call), and ``compile_s = T_cold - N * s_per_step`` is the cost of a first
 call beyond its steps (compilation plus set-up). Capping K keeps long runs
@@ -82,25 +83,27 @@ def _best(fit, steps: int, repeats: int) -> float:
 
 
 def measure(fit: Callable[[int], object], steps: int, timing: str = "full", repeats: int = 2,
-            min_extra_s: float = 0.5, max_factor: int = 32, timing_steps: int = 500) -> tuple[object, dict]:
+            min_extra_s: float = 0.5, max_factor: int = 128, timing_steps: int = 500) -> tuple[object, dict]:
     """Cold fit (its state is returned), then warm fits of K and M > K steps; see module docstring."""
     state, t_cold = _timed(fit, steps, cold=True)
     if timing == "fast":
         k = m = steps
         t_k = _timed(fit, steps, cold=False)[1]
-        per_step = t_k / steps
+        per_step, resolved = t_k / steps, True
     else:
         k = min(steps, timing_steps)
         t_k = _best(fit, k, repeats)
         m = 2 * k
         while True:
             t_m = _best(fit, m, repeats)
-            if t_m - t_k >= max(min_extra_s, 0.25 * t_k) or m >= max_factor * k:
+            resolved = t_m - t_k >= max(min_extra_s, 0.25 * t_k)
+            if resolved or m >= max_factor * k:
                 break
             m *= 4
-        per_step = max(t_m - t_k, 0.0) / (m - k)
+        per_step = (t_m - t_k) / (m - k) if t_m > t_k else float("nan")
+    compile_s = t_cold - steps * per_step if per_step == per_step else float("nan")
     return state, {"steps": steps, "fit_s": t_cold, "warm_fit_s": t_k, "timing": timing,
-                   "timing_steps": [k, m], "compile_s": max(t_cold - steps * per_step, 0.0),
+                   "timing_steps": [k, m], "rate_resolved": resolved, "compile_s": max(compile_s, 0.0),
                    "s_per_1000": 1000.0 * per_step}
 
 
@@ -117,8 +120,9 @@ def timed_fit(fit: Callable[[int], object], steps: int, time_budget: float | Non
         return measure(fit, steps, timing)
     _, calib = measure(fit, steps, timing)
     per_step = calib["s_per_1000"] / 1000.0
-    n = max_factor * steps if per_step <= 0 else int(round(time_budget / per_step))
-    capped = per_step <= 0 or n > max_factor * steps
+    usable = per_step > 0  # False for a NaN rate too
+    n = max_factor * steps if not usable else int(round(time_budget / per_step))
+    capped = not usable or n > max_factor * steps
     n = max(1, min(n, max_factor * steps))
     state, t_n = _timed(fit, n, cold=False)
     return state, {**calib, "steps": n, "train_s": t_n, "calib_steps": steps, "capped": capped}
