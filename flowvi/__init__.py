@@ -4,7 +4,7 @@ Fit a flow to an unnormalised log density (`fit`, reverse KL) or to samples
 (`fit_samples`, forward KL); get a `Posterior` to sample, score, save and load.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from flowvi import diagnostics, flows, plots
 from flowvi.fit import fit

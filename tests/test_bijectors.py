@@ -9,6 +9,7 @@ from conftest import randomize
 
 from flowvi import flows
 from flowvi.bijectors import BlockAutoregressive, MaskedAutoregressive, Reverse
+from flowvi.flows.coupling import lower_upper_linear
 
 CASES = [
     ("gaussian", {"covariance": "diag"}),
@@ -120,7 +121,8 @@ def test_reverse_bijector():
 
 
 def test_coupling_transforms_every_coordinate():
-    flow, params = _random_flow("affine_coupling", {"layers": 2, "hidden": (8,)})
+    # without the linear layers, so that only the couplings can make outputs depend on other coordinates
+    flow, params = _random_flow("affine_coupling", {"layers": 2, "hidden": (8,), "linear": False})
     params = {**params, "affine": flow.init(jax.random.key(0))["affine"]}  # only the coupling layers act
     jac = jax.jacfwd(flow.apply(params).bijector.forward)(jnp.array([0.1, 0.2, 0.3]))
     off_diag = jnp.abs(jac - jnp.diag(jnp.diag(jac)))
@@ -137,3 +139,24 @@ def test_scan_over_layers_compiles_in_near_constant_time():
         text = jax.jit(lambda p: flow.apply(p).sample(seed=jax.random.key(0), sample_shape=(4,))).lower(params).as_text()
         sizes[layers] = len(text)
     assert sizes[16] < 1.2 * sizes[2]
+
+
+def test_lower_upper_linear_is_identity_at_zero_and_invertible_otherwise(x64):
+    np.testing.assert_allclose(lower_upper_linear(jnp.zeros((4, 4))).matrix, np.eye(4), atol=0)
+    raw = 2.0 * jax.random.normal(jax.random.key(7), (4, 4), jnp.float64)
+    bij = lower_upper_linear(raw)
+    x = jax.random.normal(jax.random.key(8), (4,), jnp.float64)
+    y, log_det = bij.forward_and_log_det(x)
+    np.testing.assert_allclose(y, bij.matrix @ x, atol=1e-12)
+    sign, expected = jnp.linalg.slogdet(jax.jacfwd(bij.forward)(x))
+    assert sign > 0  # U's diagonal is positive, whatever raw's diagonal is
+    np.testing.assert_allclose(log_det, expected, atol=1e-10)
+    np.testing.assert_allclose(bij.inverse(y), x, atol=1e-10)
+
+
+def test_coupling_linear_option_controls_the_parameters():
+    with_linear = flows.make_flow("spline_coupling", 5, layers=3, hidden=(8,))
+    without = flows.make_flow("spline_coupling", 5, layers=3, hidden=(8,), linear=False)
+    assert with_linear.num_params() - without.num_params() == 3 * 5 * 5
+    with pytest.raises(ValueError, match="linear must be True or False"):
+        flows.make_flow("affine_coupling", 5, linear="yes")

@@ -182,3 +182,16 @@ def test_progress_bar_runs(capsys):
         warnings.simplefilter("ignore")  # tqdm may warn about its notebook backend
         flowvi.fit(banana_log_density, dim=2, flow="gaussian", steps=20, progress=True, key=jax.random.key(0))
     assert "ELBO" in capsys.readouterr().err
+
+
+def test_coupling_flow_fits_a_correlated_gaussian():
+    # A rotated Gaussian with variances over 0.05..4: the linear layers let a 2-layer coupling flow
+    # represent it. The KL estimate's Monte Carlo standard error is ~0.0015 here; a fit without the
+    # linear layers measured 0.014, with them 0.005.
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    log_p = gaussian_log_density(np.zeros(6), (q * np.logspace(-1.3, 0.6, 6)) @ q.T)
+    post = flowvi.fit(log_p, dim=6, flow="affine_coupling", layers=2, hidden=(16,), steps=800,
+                      learning_rate=1e-2, key=jax.random.key(0), progress=False)
+    x, log_q = post.sample_and_log_prob(jax.random.key(1), 4000)
+    assert float(jnp.mean(log_q - jax.vmap(log_p)(x))) < 0.01

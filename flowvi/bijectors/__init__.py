@@ -1,8 +1,9 @@
-"""distrax bijectors that distrax itself lacks: autoregressive, BNAF, layer scan, reversal."""
+"""distrax bijectors that distrax lacks (autoregressive, BNAF, layer scan, reversal) or runs slowly (spline)."""
 
 from flowvi.bijectors.autoregressive import MaskedAutoregressive
 from flowvi.bijectors.bnaf import BlockAutoregressive
 from flowvi.bijectors.layer_scan import LayerScan
 from flowvi.bijectors.reverse import Reverse
+from flowvi.bijectors.spline import RationalQuadraticSpline
 
-__all__ = ["BlockAutoregressive", "LayerScan", "MaskedAutoregressive", "Reverse"]
+__all__ = ["BlockAutoregressive", "LayerScan", "MaskedAutoregressive", "RationalQuadraticSpline", "Reverse"]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi.bijectors import LayerScan
+from flowvi.bijectors import LayerScan, RationalQuadraticSpline
 
 # Lower bound on every learned scale: keeps log-determinants finite.
 SCALE_FLOOR = 1e-3
@@ -130,9 +130,8 @@ def spline_transformer(bound: float) -> Callable[[jax.Array], distrax.Bijector]:
     ``3 * bins + 1``. All-zero params give the identity.
     """
     def make(params: jax.Array) -> distrax.Bijector:
-        spline = distrax.RationalQuadraticSpline(
-            params[..., 2:], range_min=-bound, range_max=bound, boundary_slopes="identity",
-            min_bin_size=1e-3, min_knot_slope=1e-3)
+        spline = RationalQuadraticSpline(params[..., 2:], range_min=-bound, range_max=bound,
+                                         min_bin_size=1e-3, min_knot_slope=1e-3)
         return distrax.Chain([spline, affine_transformer(params[..., :2])])
     return make
 

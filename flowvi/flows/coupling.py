@@ -3,7 +3,8 @@
 Affine is RealNVP (Dinh et al. 2017); spline is the neural spline flow (Durkan
 et al. 2019).
 
-With ``h = dim // 2``, even layers transform ``x[h:]`` conditioned on ``x[:h]``;
+Each layer first applies a learnable LU-factored linear map (``linear=True``), then,
+with ``h = dim // 2``, even layers transform ``x[h:]`` conditioned on ``x[:h]``;
 odd layers are conjugated by a reversal, so they transform ``x[:dim - h]``
 conditioned on the rest. Consecutive layers alternate, every coordinate is
 transformed, and no net permutation is left over. Splitting (rather than masking)
@@ -22,6 +23,7 @@ from flowvi.flows.base import (
     Flow,
     affine_transformer,
     layered_flow,
+    positive_scale,
     spline_transformer,
     transformer_param_size,
 )
@@ -30,42 +32,65 @@ from flowvi.validation import check_int_tuple, check_positive_float, check_posit
 
 
 def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: int,
-                   transformer: Callable[[jax.Array], distrax.Bijector], hyper: tuple) -> Flow:
+                   transformer: Callable[[jax.Array], distrax.Bijector], linear: bool, hyper: tuple) -> Flow:
     if dim < 2:
         raise ValueError(f"flow={name!r} needs dim >= 2 (coupling splits the coordinates); "
                          f"got dim={dim}. Use 'gaussian' or 'iaf' for dim=1.")
+    if not isinstance(linear, bool):
+        raise ValueError(f"linear must be True or False, got {linear!r}.")
     split = dim // 2
     changed = dim - split
     flips = jnp.arange(layers) % 2 == 1
 
-    def make_layer(conditioner_params, flip) -> distrax.Bijector:
+    def make_layer(layer_params: dict, flip) -> distrax.Bijector:
         def conditioner(x_kept):
-            out = apply_mlp(conditioner_params, x_kept)
+            out = apply_mlp(layer_params["conditioner"], x_kept)
             return out.reshape(*out.shape[:-1], changed, param_size)
         coupling = distrax.SplitCoupling(split, 1, conditioner, transformer)
-        return distrax.Chain([Reverse(flip), coupling, Reverse(flip)])
+        parts = [Reverse(flip), coupling, Reverse(flip)]
+        return distrax.Chain(parts + [lower_upper_linear(layer_params["linear"])] if linear else parts)
 
-    def init_layer(key: jax.Array) -> list[dict]:
-        return init_mlp(key, (split, *hidden, changed * param_size))
+    def init_layer(key: jax.Array) -> dict:
+        params = {"conditioner": init_mlp(key, (split, *hidden, changed * param_size))}
+        if linear:
+            params["linear"] = jnp.zeros((dim, dim))
+        return params
 
     return layered_flow(name, dim, hyper, layers, init_layer, make_layer, flips, "one pass")
 
 
-def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64)) -> Flow:
+def lower_upper_linear(raw: jax.Array) -> distrax.Bijector:
+    """Invertible linear map ``y = L U x`` from ``raw: (dim, dim)``; all zeros give the identity.
+
+    L is unit lower-triangular (``raw``'s strict lower part), U upper-triangular with
+    ``raw``'s strict upper part and the diagonal ``positive_scale(diag(raw))``, so the
+    map stays invertible whatever the parameters. It mixes all coordinates before
+    a coupling layer (as in the neural spline flow paper), which a split alone
+    cannot: a coupling flow without it fits correlated targets poorly.
+    """
+    diagonal = positive_scale(jnp.diagonal(raw))
+    matrix = jnp.tril(raw, -1) + jnp.triu(raw, 1) + jnp.diag(diagonal)
+    return distrax.LowerUpperTriangularAffine(matrix, jnp.zeros(raw.shape[-1], raw.dtype))
+
+
+def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64), linear: bool = True) -> Flow:
     """RealNVP-style affine coupling flow.
 
     Args:
         dim: event size (>= 2).
         layers: number of coupling layers (alternating halves).
         hidden: conditioner MLP hidden widths.
+        linear: put a learnable LU-factored linear map before each coupling layer
+            (``dim**2`` parameters a layer).
     """
     layers = check_positive_int("layers", layers)
     hidden = check_int_tuple("hidden", hidden)
-    hyper = (("hidden", hidden), ("layers", layers))
-    return _coupling_flow("affine_coupling", dim, layers, hidden, 2, affine_transformer, hyper)
+    hyper = (("hidden", hidden), ("layers", layers), ("linear", linear))
+    return _coupling_flow("affine_coupling", dim, layers, hidden, 2, affine_transformer, linear, hyper)
 
 
-def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, bound: float = 5.0) -> Flow:
+def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, bound: float = 5.0,
+                    linear: bool = True) -> Flow:
     """Rational-quadratic spline coupling flow with linear tails outside ``[-bound, bound]``.
 
     Args:
@@ -74,11 +99,13 @@ def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, b
         hidden: conditioner MLP hidden widths.
         bins: spline bins per coordinate.
         bound: half-width of the spline interval; identity outside it.
+        linear: put a learnable LU-factored linear map before each coupling layer
+            (``dim**2`` parameters a layer).
     """
     layers = check_positive_int("layers", layers)
     hidden = check_int_tuple("hidden", hidden)
     bins = check_positive_int("bins", bins)
     bound = check_positive_float("bound", bound)
-    hyper = (("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers))
+    hyper = (("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers), ("linear", linear))
     return _coupling_flow("spline_coupling", dim, layers, hidden, transformer_param_size("spline", bins),
-                          spline_transformer(bound), hyper)
+                          spline_transformer(bound), linear, hyper)
