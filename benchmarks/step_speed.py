@@ -27,9 +27,9 @@ import optax
 
 import flowvi
 from flowvi.fit import default_optimizer
-from flowvi.schedules import with_horizon
 from flowvi.flows import make_flow
 from flowvi.objectives import negative_elbo
+from flowvi.schedules import with_horizon
 
 FAMILIES = [
     ("gaussian", {"covariance": "full"}),

@@ -19,9 +19,9 @@ from flowvi.flows import FAMILIES, Flow, hyperparameter_names, make_flow
 from flowvi.objectives import ESTIMATORS, negative_elbo
 from flowvi.posterior import Posterior
 from flowvi.progress import Plateau, make_progress_bar
+from flowvi.schedules import scale_by_cosine_decay, with_horizon
 from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
 from flowvi.target import Target, as_target
-from flowvi.schedules import scale_by_cosine_decay, with_horizon
 from flowvi.training import init_state, scan_steps
 from flowvi.validation import check_choice, check_nonnegative, check_positive_float, check_positive_int
 
@@ -121,7 +121,8 @@ def _init_runs(flow: Flow, optimizer: optax.GradientTransformation, num_runs: in
                steps: jax.Array, init_spread: jax.Array):
     """Initial states of all runs. With several runs, run r > 0 starts with its
     location shifted by ``init_spread * N(0, I)``, so that runs can find
-    different modes and R-hat across runs has something to see."""
+    different modes and R-hat across runs has something to see.
+    """
     init_key, spread_key = jax.random.split(key)
     params = jax.vmap(flow.init)(jax.random.split(init_key, num_runs))
     shift = init_spread * jax.random.normal(spread_key, (num_runs, flow.dim))
