@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/flowvi demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
