@@ -16,6 +16,13 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Raise unless `value` is True or False; return it."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """Raise unless `value` is an integer >= 1 (bools rejected); return it as int."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:

@@ -6,11 +6,12 @@ included) and gives the state the draws come from; warm fits of K and M steps ta
 ``T_K`` and ``T_M`` (each the best of two), with K = min(N, ``timing_steps``) and
 M = 2K, grown 4-fold (up to 128K) until ``T_M - T_K`` exceeds timing noise (0.5 s,
 and a quarter of ``T_K``); if it never does, ``rate_resolved`` is False and the
-rate is an upper bound on the speed (NaN when ``T_M <= T_K``). ``s_per_step = (T_M - T_K) / (M - K)`` cancels any fixed
-per-call cost (set-up, re-tracing, or recompilation in libraries that do so on
-every call), and ``compile_s = T_cold - N * s_per_step`` is the cost of a first
-call beyond its steps (compilation plus set-up). Capping K keeps long runs
-affordable: the rate is measured on shorter fits of the same compiled step.
+rate is dominated by timer noise (NaN when ``T_M <= T_K``).
+``s_per_step = (T_M - T_K) / (M - K)`` cancels any fixed per-call cost (set-up,
+re-tracing, or recompilation in libraries that do so on every call), and
+``compile_s = T_cold - N * s_per_step`` is the cost of a first call beyond its
+steps (compilation plus set-up). Capping K keeps long runs affordable: the rate is
+measured on shorter fits of the same compiled step.
 At tiny N (``--quick``) the per-step figure is rough. ``timing="fast"`` (the
 ``--quick`` default) replaces the K- and M-step fits by one warm N-step fit:
 ``s_per_step = T_N / N``, which then includes any fixed per-call cost, and

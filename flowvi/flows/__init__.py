@@ -22,7 +22,7 @@ from flowvi.flows.base import Flow, invert
 from flowvi.flows.bnaf import bnaf
 from flowvi.flows.coupling import affine_coupling, spline_coupling
 from flowvi.flows.gaussian import gaussian
-from flowvi.validation import check_known_options, check_positive_int
+from flowvi.validation import check_bool, check_known_options, check_positive_int
 
 FAMILIES = {
     "gaussian": gaussian,
@@ -80,8 +80,7 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
                          f"{', '.join(map(repr, FAMILIES))} or a flowvi.flows.Flow.")
     check_known_options(f"hyperparameter(s) for flow={flow!r}:", hyperparameters, hyperparameter_names(flow))
     hyper = tuple(sorted((k, _hashable(v)) for k, v in hyperparameters.items()))
-    if not isinstance(hyperparameters.get("inverted", False), bool):
-        raise ValueError(f"inverted must be True or False, got {hyperparameters['inverted']!r}.")
+    check_bool("inverted", hyperparameters.get("inverted", False))
     return _cached_family(flow, dim, hyper)
 
 

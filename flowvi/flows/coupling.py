@@ -28,7 +28,7 @@ from flowvi.flows.base import (
     transformer_param_size,
 )
 from flowvi.nn import apply_mlp, init_mlp
-from flowvi.validation import check_int_tuple, check_positive_float, check_positive_int
+from flowvi.validation import check_bool, check_int_tuple, check_positive_float, check_positive_int
 
 
 def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: int,
@@ -36,8 +36,7 @@ def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: 
     if dim < 2:
         raise ValueError(f"flow={name!r} needs dim >= 2 (coupling splits the coordinates); "
                          f"got dim={dim}. Use 'gaussian' or 'iaf' for dim=1.")
-    if not isinstance(linear, bool):
-        raise ValueError(f"linear must be True or False, got {linear!r}.")
+    check_bool("linear", linear)
     split = dim // 2
     changed = dim - split
     flips = jnp.arange(layers) % 2 == 1
