@@ -1,10 +1,10 @@
-# The README's two commands: `make demo` and `make test`. Each sets up .venv first.
+# The README's two commands: `make demo` and `make test` (ruff, then pytest). Each sets up .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test lint bench setup clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/flowvi demo --out runs/demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check flowvi tests benchmarks models
+
+test: lint
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: $(STAMP)

@@ -26,10 +26,9 @@ import jax.numpy as jnp
 import optax
 
 import flowvi
-from flowvi.fit import default_optimizer
 from flowvi.flows import make_flow
 from flowvi.objectives import negative_elbo
-from flowvi.schedules import with_horizon
+from flowvi.schedules import default_optimizer, with_horizon
 
 FAMILIES = [
     ("gaussian", {"covariance": "full"}),

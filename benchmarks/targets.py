@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+import models.banana
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CACHE_DIR = pathlib.Path(__file__).resolve().parent / ".cache"
 LOGREG_FILE = ROOT / "models" / "logistic_regression.py"
@@ -66,7 +68,7 @@ def banana(dim: int = 2) -> Target:
 
     def log_density(x):
         z = (qj.T @ x).reshape(-1, 2)
-        return -0.5 * jnp.sum(z[:, 0] ** 2 + (z[:, 1] - z[:, 0] ** 2) ** 2 / 0.25)
+        return jnp.sum(jax.vmap(models.banana.log_density)(z))
 
     m = np.tile([0.0, 1.0], dim // 2)
     var = np.tile([1.0, 2.25], dim // 2)

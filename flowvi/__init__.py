@@ -1,26 +1,35 @@
 """flowvi: normalising-flow variational inference in JAX.
 
 Fit a flow to an unnormalised log density (`fit`, reverse KL) or to samples
-(`fit_samples`, forward KL); get a `Posterior` to sample, score, save and load.
+(`fit_samples`, forward KL); get a `Posterior` to sample, score, diagnose,
+save and load.
+
+The adapters (`flowvi.numpyro`, `flowvi.arviz`, `flowvi.plots`, `flowvi.cli`)
+load on first use, so ``import flowvi`` does not import NumPyro, ArviZ or
+matplotlib.
 """
 
-__version__ = "0.2.0"
+import importlib
 
-from flowvi import diagnostics, flows, plots
-from flowvi.fit import fit
-from flowvi.fit_samples import fit_samples
-from flowvi.io import load
-from flowvi.posterior import Posterior
+from flowvi import diagnostics, flows
+from flowvi._version import __version__
+from flowvi.forward_kl import fit_samples
+from flowvi.posterior import Posterior, load
+from flowvi.reverse_kl import fit
 from flowvi.target import Target
 
-__all__ = ["Posterior", "Target", "__version__", "diagnostics", "fit", "fit_samples", "flows", "load", "numpyro", "plots"]
+_ADAPTERS = ("numpyro", "arviz", "plots", "cli")
+
+__all__ = ["Posterior", "Target", "__version__", "arviz", "diagnostics", "fit", "fit_samples", "flows", "load",
+           "numpyro", "plots"]
 
 
 def __getattr__(name: str):
-    # `flowvi.numpyro` (the AutoFlow guide) is imported on first use, so plain
-    # `import flowvi` stays light.
-    if name == "numpyro":
-        import importlib
-
-        return importlib.import_module("flowvi.numpyro")
+    # The adapters are imported on first attribute access (flowvi.plots, flowvi.numpyro, ...).
+    if name in _ADAPTERS:
+        return importlib.import_module(f"flowvi.{name}")
     raise AttributeError(f"module 'flowvi' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ADAPTERS))

@@ -12,7 +12,8 @@ Two kinds of target have a data axis:
 
 - ``flowvi.Target(log_prior=..., log_likelihood=..., data=..., dim=...)``:
   every leaf of ``data`` has leading axis N.
-- NumPyro models (`flowvi.Target.from_numpyro`): the data plates are the plates
+- NumPyro models (`flowvi.Target.from_numpyro`, whose ``data_spec`` is in
+  `flowvi.numpyro.data`): the data plates are the plates
   that hold observed sites and no latent ones; minibatches are NumPyro's own
   plate subsampling (its ``N / B`` scale), so inside such a plate the model must
   pass per-observation arrays through ``numpyro.subsample(a, event_dim=...)``
@@ -27,7 +28,6 @@ needs. ``subsample=N`` means the full data.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -146,26 +146,8 @@ def sum_likelihood_density(log_prior: Callable, log_likelihood: Callable, data: 
     return (lambda x: full(x, (data, None), None)), data, num_data
 
 
-def data_spec(target: Any, batch_size: int | None = None, num_shards: int = 1) -> DataSpec | None:
-    """The `DataSpec` of a target, or None when it has no data axis.
-
-    Args:
-        target: a `flowvi.Target`.
-        batch_size: minibatch size B for subsampling; None (or N) for the full data.
-        num_shards: devices the data axis will be split over (plain targets
-            are padded to a multiple; NumPyro targets must divide evenly).
-
-    Raises:
-        ValueError: ``batch_size`` on a target without a data axis, or larger
-            than N; NumPyro data that cannot be subsampled or split.
-    """
-    if getattr(target, "data", None) is not None:
-        spec = _sum_likelihood_spec(target, batch_size, num_shards)
-    elif _is_numpyro_target(target):
-        from flowvi.numpyro_data import numpyro_data_spec
-        spec = numpyro_data_spec(target, batch_size, num_shards)
-    else:
-        spec = None
+def check_data_axis(spec: DataSpec | None, target: Any, batch_size: int | None) -> DataSpec | None:
+    """Return `spec`; raise when subsampling was asked of a target without a data axis (``spec`` None)."""
     if spec is None and batch_size is not None:
         raise ValueError(
             f"subsample={batch_size} needs a target with a data axis: build it as flowvi.Target("
@@ -185,7 +167,8 @@ def check_batch_size(batch_size: int | None, num_data: int) -> int | None:
     return None if batch_size == num_data else batch_size
 
 
-def _sum_likelihood_spec(target: Any, batch_size: int | None, num_shards: int) -> DataSpec:
+def sum_likelihood_spec(target: Any, batch_size: int | None, num_shards: int) -> DataSpec:
+    """The `DataSpec` of a keyword-form `flowvi.Target` (rows padded to a multiple of `num_shards`)."""
     n = target.num_data
     batch_size = check_batch_size(batch_size, n)
     rows, weight = target.data, None
@@ -197,9 +180,3 @@ def _sum_likelihood_spec(target: Any, batch_size: int | None, num_shards: int) -
         weight = np.arange(n + pad) < n
     fn = SumLikelihood(target.log_prior, target.log_likelihood, n, batch_size)
     return DataSpec(fn, (rows, weight), (jax.tree.map(lambda _: True, rows), None if weight is None else True), n)
-
-
-def _is_numpyro_target(target: Any) -> bool:
-    # A NumPyroTarget exists only once its module is imported; plain targets never import numpyro.
-    module = sys.modules.get("flowvi.numpyro_target")
-    return module is not None and isinstance(target, module.NumPyroTarget)

@@ -35,6 +35,8 @@ import jax
 import numpy as np
 from scipy.special import logsumexp
 
+from flowvi.validation import as_key, check_positive_int
+
 K_GOOD = 0.5
 """Pareto k-hat below this: the importance weights have finite variance; the fit is good."""
 K_UNRELIABLE = 0.7
@@ -235,9 +237,6 @@ def importance_draws(post, key: jax.Array, num_draws: int) -> tuple[np.ndarray, 
         (unnormalised target) and ``log_q: (num_runs, num_draws)`` (each
         draw's own run), as float64 numpy arrays.
     """
-    from flowvi.fit import as_key
-    from flowvi.validation import check_positive_int
-
     if post.target is None:
         raise ValueError("diagnostics need the target's log density, and this Posterior has none "
                          "(a fit_samples fit, or flowvi.load without target=); load it with its target.")

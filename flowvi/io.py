@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowvi._version import __version__
 from flowvi.flows import FAMILIES, Flow, make_flow
-from flowvi.posterior import Posterior
 from flowvi.target import Target, as_target
 
 FORMAT = "flowvi"
@@ -27,13 +27,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save(post: Posterior, path: str | os.PathLike) -> None:
+def save(post: Any, path: str | os.PathLike) -> None:
     """Write `post` to `path`: flow family, hyperparameters, parameters, loss trace, stop reasons."""
     if post.flow.name not in FAMILIES:
         raise ValueError(f"cannot save a fit of a custom flow named {post.flow.name!r}; "
                          f"only the families {', '.join(FAMILIES)} can be rebuilt on load.")
-    from flowvi import __version__
-
     leaves = jax.tree.leaves(post.params)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "flowvi_version": __version__,
@@ -75,8 +73,8 @@ def _read(path: str | os.PathLike) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def load(path: str | os.PathLike, target: Target | Any = None) -> Posterior:
-    """Read a fit written by `Posterior.save`.
+def read(path: str | os.PathLike, target: Target | Any = None) -> dict[str, Any]:
+    """Read a fit written by `Posterior.save`: the fields of a `flowvi.Posterior` (see `flowvi.load`).
 
     Args:
         path: the file.
@@ -84,7 +82,8 @@ def load(path: str | os.PathLike, target: Target | Any = None) -> Posterior:
             cannot be stored); None for fits of samples, or to use only the flow.
 
     Returns:
-        A `Posterior` that gives the same draws for the same key as the saved one.
+        The keyword arguments of a `Posterior` that gives the same draws for
+        the same key as the saved one.
 
     Raises:
         ValueError: the file is not a flowvi file, or `target` has another dim.
@@ -99,15 +98,13 @@ def load(path: str | os.PathLike, target: Target | Any = None) -> Posterior:
     leaves = [jnp.asarray(arrays[f"param_{i:05d}"]) for i in range(meta["num_leaves"])]
     for got, want in zip(leaves, jax.tree.leaves(template), strict=True):
         if got.shape != want.shape:
-            from flowvi import __version__
-
             written_by = meta.get("flowvi_version")
             cause = ("the file is damaged" if written_by == __version__ else
                      f"it was written by flowvi {written_by} and this is {__version__}: refit with this "
                      "version (a family's parameter layout can change between versions), or the file is damaged")
             raise ValueError(f"{str(path)!r} holds parameters of shape {got.shape} where flow "
                              f"{spec['name']!r} expects {want.shape}; {cause}.")
-    return Posterior(
+    return dict(
         flow=flow, params=jax.tree.unflatten(treedef, leaves), target=target, losses=arrays["losses"],
         stop_reasons=list(meta["stop_reasons"]), steps_run=arrays["steps_run"],
         skipped_steps=arrays["skipped_steps"], fit_seconds=float(meta["fit_seconds"]),

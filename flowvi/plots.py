@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi.diagnostics import K_GOOD, K_UNRELIABLE, _log_density_batch, importance_draws, psis
+from flowvi.validation import as_key
 
 
 def _key(key):
-    from flowvi.fit import as_key
     return jax.random.key(0) if key is None else as_key(key)
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowvi import diagnostics, io
 from flowvi.flows import Flow
 from flowvi.target import Target
 
@@ -24,7 +25,7 @@ def _sample_runs(flow: Flow, params, n: int, key: jax.Array):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _log_prob_runs(flow: Flow, params, x: jax.Array) -> jax.Array:
-    """log q_r(x) for every run r: (runs, n)."""
+    """Log q_r(x) for every run r: (runs, n)."""
     return jax.vmap(lambda p: flow.apply(p).log_prob(x))(params)
 
 
@@ -145,8 +146,7 @@ class Posterior:
             raise ValueError("this posterior has no target to constrain with (it came from "
                              "flowvi.fit_samples, or flowvi.load without target=); use post.sample(key, n) "
                              "for flat draws, or pass target=.")
-        fitted = getattr(self.target, "site_shapes", None)
-        given = getattr(target, "site_shapes", None)
+        fitted, given = self.target.site_shapes, target.site_shapes
         if target.dim != self.dim or (fitted is not None and given is not None and fitted != given):
             raise ValueError(f"the latent dimension changed between fit and sampling: the fit has dim={self.dim}"
                              f"{f' {fitted}' if fitted is not None else ''}, the target has dim={target.dim}"
@@ -165,8 +165,7 @@ class Posterior:
 
     def save(self, path) -> None:
         """Write the fit to `path` (arrays and JSON metadata in an npz archive; no pickle)."""
-        from flowvi.io import save
-        save(self, path)
+        io.save(self, path)
 
     def __repr__(self) -> str:
         return (f"Posterior(flow={self.flow.name!r}, dim={self.dim}, num_runs={self.num_runs}, "
@@ -180,17 +179,33 @@ class Posterior:
         Returns:
             `flowvi.diagnostics.Diagnostics`; ``print`` it for a table and a verdict.
         """
-        from flowvi.diagnostics import diagnose
-        return diagnose(self, key, num_draws, iw_k=iw_k)
+        return diagnostics.diagnose(self, key, num_draws, iw_k=iw_k)
 
     def to_arviz(self, key: jax.Array, num_draws: int = 1000, *, resample: bool = False, var_name: str = "x",
                  dims: dict | None = None, coords: dict | None = None, log_likelihood: bool = True,
                  posterior_predictive: bool = False):
-        """Draws as ArviZ data, chain = run; see `flowvi.arviz_export.to_arviz`.
+        """Draws as ArviZ data, chain = run; see `flowvi.arviz.to_arviz`.
 
         Returns:
             ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
         """
-        from flowvi.arviz_export import to_arviz
+        from flowvi.arviz import to_arviz  # the ArviZ adapter, loaded on first use
         return to_arviz(self, key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
                         log_likelihood=log_likelihood, posterior_predictive=posterior_predictive)
+
+
+def load(path, target: Target | Any = None) -> Posterior:
+    """Read a fit written by `Posterior.save`.
+
+    Args:
+        path: the file.
+        target: the `flowvi.Target` or log density the fit was made for (functions
+            cannot be stored); None for fits of samples, or to use only the flow.
+
+    Returns:
+        A `Posterior` that gives the same draws for the same key as the saved one.
+
+    Raises:
+        ValueError: the file is not a flowvi file, or `target` has another dim.
+    """
+    return Posterior(**io.read(path, target))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowvi.data_target import DataSpec, check_data_axis, sum_likelihood_density, sum_likelihood_spec
 from flowvi.validation import check_positive_int
 
 _PROBE_POINTS = 16
@@ -64,7 +65,6 @@ class Target:
                                  f"missing {', '.join(missing)}.")
             if dim is None:
                 raise ValueError("dim is required: the number of coordinates of x.")
-            from flowvi.data_target import sum_likelihood_density
             log_density, self.data, self.num_data = sum_likelihood_density(log_prior, log_likelihood, data, dim)
         if not callable(log_density):
             raise TypeError(f"log_density must be a callable x: (dim,) -> scalar, got {type(log_density).__name__}.")
@@ -89,7 +89,7 @@ class Target:
             **kwargs: the model's keyword arguments, e.g. ``y=y``.
 
         Returns:
-            A `flowvi.numpyro_target.NumPyroTarget`: log density from NumPyro's
+            A `flowvi.numpyro.NumPyroTarget`: log density from NumPyro's
             potential energy (its own transforms and Jacobians), coordinate
             names, and ``constrain`` back to named, constrained sites plus
             deterministic sites.
@@ -102,16 +102,61 @@ class Target:
             >>> flowvi.Target.from_numpyro(model, 2).names
             ['p[0]', 'p[1]']
         """
-        from flowvi.numpyro_target import from_numpyro
+        from flowvi.numpyro.target import from_numpyro  # the NumPyro adapter, loaded on first use
         return from_numpyro(model, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"Target(dim={self.dim}, names={self.names if self.dim <= 6 else self.names[:6] + ['...']})"
 
-    # Hooks that richer targets (NumPyro models) override.
+    # The interface below is what the fit, the diagnostics and the export ask of a target;
+    # richer targets (NumPyro models, `flowvi.numpyro.NumPyroTarget`) override it.
+
+    site_shapes: dict[str, tuple] | None = None
+    """Named latent sites and their constrained shapes; None for a flat target (one variable ``x``)."""
+
+    @property
+    def labels(self) -> list[str]:
+        """How tables label the flat coordinates: `names` here; a NumPyro target says which are unconstrained."""
+        return self.names
+
     def constrain(self, x: jax.Array) -> dict[str, jax.Array]:
         """Map flat draws ``x: (n, dim)`` to named arrays; here ``{"x": x}``."""
         return {"x": x}
+
+    def data_spec(self, batch_size: int | None = None, num_shards: int = 1) -> DataSpec | None:
+        """The target's data axis as `flowvi.fit` uses it (split over devices, subsampled), or None.
+
+        Args:
+            batch_size: minibatch size B for subsampling; None (or N) for the full data.
+            num_shards: devices the data axis will be split over (padded to a multiple).
+
+        Raises:
+            ValueError: ``batch_size`` on a target without a data axis, or larger than N.
+        """
+        if self.data is None:
+            return check_data_axis(None, self, batch_size)
+        return sum_likelihood_spec(self, batch_size, num_shards)
+
+    def observed_data(self) -> dict[str, np.ndarray]:
+        """Observed sites by name (for ArviZ's ``observed_data``); none for a plain log density."""
+        return {}
+
+    def pointwise_log_likelihood(self, latents: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Per-observation log likelihood at ``latents`` (``(chain, draw, ...)`` arrays); none here."""
+        return {}
+
+    def predict(self, key: jax.Array, latents: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Draws of the observed sites given each latent draw (``(chain, draw, ...)``).
+
+        Raises:
+            ValueError: a plain log density has no observed sites to predict.
+        """
+        raise ValueError("posterior_predictive=True needs a NumPyro model target (flowvi.Target.from_numpyro): "
+                         "a plain log density has no observed sites to predict.")
+
+    def plate_dims(self) -> dict[str, list[str]]:
+        """ArviZ dim names of each named site, from the model's plates; none here."""
+        return {}
 
     def probe(self) -> None:
         """Check the log density once, outside jit, at points the untrained flow samples.

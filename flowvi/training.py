@@ -18,8 +18,10 @@ class TrainState(NamedTuple):
     """Per-run optimisation state (all arrays; leading run axis when vmapped).
 
     Attributes:
-        params: flow parameters.
+        params: flow parameters (where the next step evaluates the loss).
         opt_state: optax state.
+        last_good: the parameters at which the loss and gradient were last
+            evaluated finite; a non-finite step rolls `params` back to them.
         step: steps run so far (skipped steps included).
         skipped: steps skipped because the loss or gradient was non-finite.
         bad_streak: consecutive non-finite steps.
@@ -28,6 +30,7 @@ class TrainState(NamedTuple):
 
     params: Any
     opt_state: Any
+    last_good: Any
     step: jax.Array
     skipped: jax.Array
     bad_streak: jax.Array
@@ -46,7 +49,7 @@ class StepInfo(NamedTuple):
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
     """Fresh state for `params`."""
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(params, optimizer.init(params), zero, zero, zero, jnp.zeros((), bool))
+    return TrainState(params, optimizer.init(params), params, zero, zero, zero, jnp.zeros((), bool))
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -59,9 +62,12 @@ def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Arr
                  optimizer: optax.GradientTransformation, max_bad_streak: int) -> tuple[TrainState, StepInfo]:
     """Apply one optimiser update unless the loss or gradient is non-finite.
 
-    A non-finite step leaves parameters and optimiser state untouched and is
-    counted; `max_bad_streak` of them in a row halt the run, keeping the last
-    finite parameters. `active=False` (early-stopped or finished) is a no-op.
+    `loss` and `grads` were evaluated at ``state.params``. A finite step records
+    those parameters as ``last_good`` and moves on; a non-finite one leaves the
+    optimiser state untouched, rolls the parameters back to ``last_good`` (the
+    last ones whose loss was actually evaluated finite, not the update that
+    produced the non-finite value) and is counted; `max_bad_streak` of them in a
+    row halt the run. `active=False` (early-stopped or finished) is a no-op.
     """
     run = active & ~state.halted
     finite = jnp.isfinite(loss) & all_finite(grads)
@@ -70,10 +76,12 @@ def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Arr
     apply = run & finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
     bad = run & ~finite
+    rolled_back = jax.tree.map(lambda good, now: jnp.where(bad, good, now), state.last_good, state.params)
     bad_streak = jnp.where(bad, state.bad_streak + 1, jnp.where(apply, 0, state.bad_streak))
     new_state = TrainState(
-        params=keep(new_params, state.params),
+        params=keep(new_params, rolled_back),
         opt_state=keep(new_opt_state, state.opt_state),
+        last_good=keep(state.params, state.last_good),
         step=state.step + run.astype(jnp.int32),
         skipped=state.skipped + bad.astype(jnp.int32),
         bad_streak=bad_streak,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -56,7 +58,7 @@ def check_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     """Accept an int or a sequence of positive ints; return a tuple (hashable)."""
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         value = (value,)
-    if not isinstance(value, Sequence) or len(value) == 0:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) == 0:
         raise ValueError(f"{name} must be a positive integer or a non-empty sequence of them, got {value!r}.")
     return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
 
@@ -68,3 +70,27 @@ def check_known_options(what: str, given: Iterable[str], valid: Iterable[str]) -
     if unknown:
         raise TypeError(f"unknown {what} {', '.join(map(repr, unknown))}; valid ones are "
                         f"{', '.join(map(repr, valid)) or '(none)'}.")
+
+
+def as_key(key: Any, name: str = "key") -> jax.Array:
+    """Accept one typed key (`jax.random.key`) or one raw uint32 key (`jax.random.PRNGKey`).
+
+    Raises:
+        TypeError: no key, an int seed, or a batch of keys (name the argument).
+    """
+    if key is None:
+        raise TypeError(f"{name} is required: pass {name}=jax.random.key(0) (the same key gives the same result).")
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(f"{name} must be a single PRNG key, got a batch of keys of shape {key.shape}; "
+                            f"pass one of them, e.g. {name}[0].")
+        return key
+    if isinstance(key, bool | int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a JAX PRNG key such as jax.random.key({key!r}), got the number {key!r}.")
+    try:
+        arr = jnp.asarray(key)
+    except TypeError:
+        arr = None
+    if arr is not None and arr.dtype == jnp.uint32 and arr.shape == (2,):
+        return jax.random.wrap_key_data(arr)
+    raise TypeError(f"{name} must be a JAX PRNG key such as jax.random.key(0), got {key!r}.")

@@ -15,8 +15,8 @@ mean = [0, 0] and sd = 8 / sqrt(12) = 4 / sqrt(3) ~= 2.3094.
 Synthetic; no data. Licence: same as this repository.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 HALF_WIDTH = 4.0
 SQUARE = 2.0

@@ -19,8 +19,8 @@ numpy.random.default_rng(20240601) from the true values TRUE below.
 Licence: same as this repository.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 

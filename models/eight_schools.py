@@ -15,8 +15,8 @@ reproduced in many open-source examples (Stan, PyMC, NumPyro), and carry no
 licence of their own.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 

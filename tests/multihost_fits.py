@@ -5,11 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flowvi
-
-
-def banana(x):
-    """x: (2,) -> scalar."""
-    return -0.5 * (x[0] ** 2 + (x[1] - x[0] ** 2) ** 2 / 0.25)
+from models.banana import log_density as banana
 
 
 def run_fits(mesh=None) -> dict:

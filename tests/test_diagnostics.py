@@ -11,7 +11,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from conftest import gaussian_log_density
+from helpers import gaussian_log_density
 from scipy import stats
 
 import flowvi

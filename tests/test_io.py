@@ -5,7 +5,7 @@ import zipfile
 import jax
 import numpy as np
 import pytest
-from conftest import banana_log_density
+from helpers import banana_log_density
 
 import flowvi
 

@@ -16,11 +16,10 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from scipy import integrate, stats
-
 import numpyro
+import pytest
 from numpyro.infer.util import initialize_model
+from scipy import integrate, stats
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parent.parent / "models"
 MODEL_FILES = sorted(p for p in MODELS_DIR.glob("*.py") if p.name != "__init__.py")

@@ -1,10 +1,6 @@
 """flowvi.Target.from_numpyro: log density, names, constraining, errors; fit agrees with NUTS."""
 
 import dataclasses
-import functools
-import importlib.util
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,68 +8,12 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from helpers import assert_agrees_with_nuts, assert_constrained_draws_in_support, eight_schools_nuts, load_model
 from jax.scipy import stats
-from numpyro.infer import MCMC, NUTS
 
 import flowvi
-from flowvi.numpyro_target import NumPyroTarget
-
-fit_module = sys.modules["flowvi.fit"]  # the attribute flowvi.fit is the function
-MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
-
-
-@functools.cache
-def load_model(name: str):
-    spec = importlib.util.spec_from_file_location(f"_flowvi_models_{name}", MODELS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@functools.cache
-def eight_schools_nuts() -> dict:
-    """NUTS draws for eight schools (1 chain, 1000 warmup, 4000 draws, fixed seed), run once per session.
-
-    Its ESS is ~3500-5000 for every quantity (measured), so the reference
-    means carry ~0.017 sd of Monte Carlo error and the sds ~2-3% (tau's
-    heavy tail included): small against the acceptance tolerances.
-    """
-    es = load_model("eight_schools")
-    mcmc = MCMC(NUTS(es.model), num_warmup=1000, num_samples=4000, num_chains=1, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), *es.args, **es.kwargs)
-    return {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
-
-
-def assert_agrees_with_nuts(draws: dict, reference: dict) -> None:
-    """Means within 0.15 posterior sd and sds within 15% for mu, tau and every theta (the issue's criterion)."""
-    for site in ("mu", "tau", "theta"):
-        ref = reference[site].reshape(len(reference[site]), -1)
-        got = np.asarray(draws[site]).reshape(len(draws[site]), -1)
-        mean_err = np.abs(got.mean(0) - ref.mean(0)) / ref.std(0)
-        sd_err = np.abs(got.std(0) / ref.std(0) - 1)
-        assert np.all(mean_err < 0.15), f"{site}: |mean - NUTS mean| / NUTS sd = {mean_err}"
-        assert np.all(sd_err < 0.15), f"{site}: |sd / NUTS sd - 1| = {sd_err}"
-
-
-def assert_constrained_draws_in_support(draws: dict, n: int) -> None:
-    """models/constrained.py: positive, unit-interval, simplex and LKJ-Cholesky sites plus deterministics."""
-    d = {k: np.asarray(v, dtype=np.float64) for k, v in draws.items()}
-    assert d["sigma"].shape == (n,) and d["p"].shape == (n,)
-    assert d["w"].shape == (n, 3)
-    assert d["L"].shape == d["corr"].shape == d["cov"].shape == (n, 3, 3)
-    assert np.all(d["sigma"] > 0)
-    assert np.all((d["p"] > 0) & (d["p"] < 1))
-    assert np.all(d["w"] > 0)
-    np.testing.assert_allclose(d["w"].sum(-1), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(np.triu(d["L"], 1), 0.0)
-    # A lower-triangular L with positive diagonal and unit rows is the Cholesky factor of a correlation
-    # matrix (positive definite exactly; float32 eigenvalues of near-singular ones can round to ~-1e-7).
-    assert np.all(np.diagonal(d["L"], axis1=-2, axis2=-1) > 0)
-    np.testing.assert_allclose(np.linalg.norm(d["L"], axis=-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(np.diagonal(d["corr"], axis1=-2, axis2=-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(d["corr"], np.swapaxes(d["corr"], -1, -2), atol=1e-6)
-    assert np.all(np.linalg.eigvalsh(d["corr"]) > -1e-5)
-    np.testing.assert_allclose(d["cov"], d["sigma"][:, None, None] ** 2 * d["corr"], rtol=1e-5, atol=1e-6)
+from flowvi import reverse_kl
+from flowvi.numpyro import NumPyroTarget
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +95,9 @@ def test_constrained_model_draws_lie_in_their_supports():
 def test_second_fit_with_the_same_target_compiles_nothing(eight_schools_target):
     kw = dict(flow="gaussian", steps=20, chunk_size=10)
     flowvi.fit(eight_schools_target, key=jax.random.key(0), **kw)
-    before = fit_module._run_chunk._cache_size()
+    before = reverse_kl._run_chunk._cache_size()
     flowvi.fit(eight_schools_target, key=jax.random.key(1), **kw)
-    assert fit_module._run_chunk._cache_size() == before
+    assert reverse_kl._run_chunk._cache_size() == before
 
 
 def test_discrete_latent_sites_are_named():

@@ -8,7 +8,7 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import banana_log_density  # noqa: E402
+from helpers import banana_log_density  # noqa: E402
 from matplotlib.collections import PathCollection, QuadMesh  # noqa: E402
 
 import flowvi  # noqa: E402

@@ -10,7 +10,6 @@ they are not collected (pytest collects ``test_*`` only). To run them directly:
         python -m pytest tests/test_sharding.py -o python_functions='check_*'
 """
 
-import importlib
 import os
 import subprocess
 import sys
@@ -24,10 +23,10 @@ import numpyro.distributions as dist
 import pytest
 
 import flowvi
-from flowvi.data_target import data_spec
+from flowvi import reverse_kl
+from flowvi.schedules import default_optimizer
 from flowvi.sharding import make_layout, put
-
-fit_module = importlib.import_module("flowvi.fit")
+from models.banana import log_density as banana
 
 NUM_DEVICES = 4
 HERE = Path(__file__).resolve()
@@ -44,10 +43,6 @@ def test_on_four_simulated_devices():
 
 
 # ---- run in the 4-device subprocess -------------------------------------------------------------
-
-def banana(x):
-    return -0.5 * (x[0] ** 2 + (x[1] - x[0] ** 2) ** 2 / 0.25)
-
 
 def flat(post):
     return np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(post.params)])
@@ -90,13 +85,13 @@ def check_monte_carlo_batch_split_over_devices_matches_single_device(mesh):
     assert sharded.settings["mesh"] == "4 devices split by batch"
     # The draws u: (32, dim) of the single run are split 4 ways along the sample axis.
     layout = make_layout(mesh, 1, 32, has_data=False)
-    config = fit_module._ReverseKLConfig(sharded.flow, banana, fit_module.default_optimizer(5e-3), 32,
+    config = reverse_kl._ReverseKLConfig(sharded.flow, banana, default_optimizer(5e-3), 32,
                                          "reparam", 20, 20, layout)
-    states = put(fit_module._init_runs(sharded.flow, config.optimizer, 1, jax.random.key(0), jnp.int32(20),
+    states = put(reverse_kl._init_runs(sharded.flow, config.optimizer, 1, jax.random.key(0), jnp.int32(20),
                                        jnp.float32(0.0)),
                  layout.state_sharding())
     keys = put(jax.random.split(jax.random.key(1), 1), layout.state_sharding())
-    hlo = fit_module._run_chunk.lower(config, states, keys, jnp.int32(20), jnp.ones(1, bool)).as_text()
+    hlo = reverse_kl._run_chunk.lower(config, states, keys, jnp.int32(20), jnp.ones(1, bool)).as_text()
     assert '[{"batch"}, {}]> : tensor<32x2xf32>' in hlo
 
 
@@ -105,9 +100,9 @@ def check_one_run_per_device_matches_single_device(mesh):
     # Any axis name; an Auto axis as well as jax.make_mesh's default Explicit one.
     auto = jax.make_mesh((NUM_DEVICES,), ("devices",), axis_types=(jax.sharding.AxisType.Auto,))
     sharded = flowvi.fit(banana, dim=2, mesh=auto, **kw)
-    before = fit_module._run_chunk._cache_size()
+    before = reverse_kl._run_chunk._cache_size()
     flowvi.fit(banana, dim=2, mesh=auto, **kw)
-    assert fit_module._run_chunk._cache_size() == before  # a refit on the same mesh compiles nothing
+    assert reverse_kl._run_chunk._cache_size() == before  # a refit on the same mesh compiles nothing
     single = flowvi.fit(banana, dim=2, **kw)
     assert_same_fit(sharded, single)
     assert sharded.num_runs == 4 and sharded.settings["mesh"] == "4 devices split by runs"
@@ -120,15 +115,15 @@ def check_one_run_per_device_matches_single_device(mesh):
 def check_sharded_data_gives_the_same_log_density(mesh, n):
     target = gaussian_mean_target(n)
     layout = make_layout(mesh, 1, 8, has_data=True)
-    spec = data_spec(target, None, NUM_DEVICES)
-    data = fit_module._place_data(spec, layout)
+    spec = target.data_spec(None, NUM_DEVICES)
+    data = reverse_kl._place_data(spec, layout)
     rows = data[0]
     assert rows.sharding.spec[0] == "batch" and rows.shape[0] % NUM_DEVICES == 0
     xs = jax.random.normal(jax.random.key(0), (5, 2))
     sharded = jax.jit(jax.vmap(spec.log_density, (0, None, None)))(xs, data, None)
     np.testing.assert_allclose(sharded, jax.vmap(target.log_density)(xs), rtol=1e-5)
     # Minibatches: the same rows whether the data is split or not.
-    sub = data_spec(target, 64, NUM_DEVICES)
+    sub = target.data_spec(64, NUM_DEVICES)
     unsplit = jax.device_put(sub.data)
     for key in jax.random.split(jax.random.key(1), 3):
         np.testing.assert_allclose(jax.jit(sub.log_density)(xs[0], data, key),
@@ -137,9 +132,9 @@ def check_sharded_data_gives_the_same_log_density(mesh, n):
 
 def check_sharded_numpyro_data_gives_the_same_log_density(mesh):
     target = flowvi.Target.from_numpyro(logistic, *logistic_data(1000))
-    spec = data_spec(target, None, NUM_DEVICES)
+    spec = target.data_spec(None, NUM_DEVICES)
     assert spec.data_axis == (True, True) and spec.num_data == 1000
-    data = fit_module._place_data(spec, make_layout(mesh, 1, 8, has_data=True))
+    data = reverse_kl._place_data(spec, make_layout(mesh, 1, 8, has_data=True))
     assert all(a.sharding.spec[0] == "batch" for a in data)
     xs = jax.random.normal(jax.random.key(0), (5, 2))
     np.testing.assert_allclose(jax.jit(jax.vmap(spec.log_density, (0, None, None)))(xs, data, None),

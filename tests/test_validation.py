@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import banana_log_density
+from helpers import banana_log_density
 
 import flowvi
 from flowvi import flows

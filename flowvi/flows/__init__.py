@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import inspect
 
-from flowvi.flows.autoregressive import iaf, maf
-from flowvi.flows.base import Flow, invert
+from flowvi.flows.autoregressive import TRANSFORMERS, iaf, maf
+from flowvi.flows.base import Flow, final_affine, has_final_affine, invert, with_final_affine
 from flowvi.flows.bnaf import bnaf
 from flowvi.flows.coupling import affine_coupling, spline_coupling
-from flowvi.flows.gaussian import gaussian
+from flowvi.flows.gaussian import COVARIANCES, gaussian
 from flowvi.validation import check_bool, check_known_options, check_positive_int
 
 FAMILIES = {
@@ -37,6 +37,16 @@ FAMILIES = {
 def hyperparameter_names(name: str) -> list[str]:
     """The keyword hyperparameters that family `name` accepts (plus ``inverted``, see `make_flow`)."""
     return [p for p in inspect.signature(FAMILIES[name]).parameters if p != "dim"] + ["inverted"]
+
+
+CHOICES = {"transformer": TRANSFORMERS, "covariance": COVARIANCES}
+"""The valid values of the hyperparameters that take a word."""
+
+
+def hyperparameter_defaults(name: str) -> dict:
+    """The keyword hyperparameters of family `name` with their defaults (``inverted`` included)."""
+    params = inspect.signature(FAMILIES[name]).parameters
+    return {**{p: v.default for p, v in params.items() if p != "dim"}, "inverted": False}
 
 
 def _hashable(value):
@@ -84,5 +94,30 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
     return _cached_family(flow, dim, hyper)
 
 
-__all__ = ["FAMILIES", "Flow", "affine_coupling", "bnaf", "gaussian", "hyperparameter_names", "iaf", "invert",
-           "maf", "make_flow", "spline_coupling"]
+def default_family(dim: int) -> str:
+    """The family used when none is given: spline coupling, or a spline IAF in one dimension."""
+    return "spline_coupling" if dim >= 2 else "iaf"
+
+
+def resolve_flow(flow: str | Flow | None, dim: int, hyperparameters: dict, options: tuple[str, ...]) -> Flow:
+    """Build the Flow of a fit; unknown keyword names get one error listing `options` and the hyperparameters.
+
+    Args:
+        flow: a family name, a ready `Flow`, or None for `default_family`.
+        dim: event size.
+        hyperparameters: the fit's leftover keyword arguments.
+        options: the fit's own option names (for the error message).
+    """
+    name = default_family(dim) if flow is None else flow
+    if isinstance(name, str) and name in FAMILIES:
+        unknown = sorted(set(hyperparameters) - set(hyperparameter_names(name)))
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}. Options are "
+                            f"{', '.join(options)}; hyperparameters of flow={name!r} are "
+                            f"{', '.join(hyperparameter_names(name))}.")
+    return make_flow(name, dim, **hyperparameters)
+
+
+__all__ = ["CHOICES", "FAMILIES", "Flow", "affine_coupling", "bnaf", "default_family", "final_affine", "gaussian",
+           "has_final_affine", "hyperparameter_defaults", "hyperparameter_names", "iaf", "invert", "maf", "make_flow",
+           "resolve_flow", "spline_coupling", "with_final_affine"]

@@ -1,5 +1,7 @@
-"""Autoregressive flows with MADE conditioners: IAF (Kingma et al. 2016) and MAF
-(Papamakarios et al. 2017), with an affine or rational-quadratic spline transformer.
+"""Autoregressive flows with MADE conditioners: IAF and MAF, affine or spline transformer.
+
+IAF is Kingma et al. 2016 and MAF Papamakarios et al. 2017; the transformer is an
+elementwise affine map or a rational-quadratic spline.
 
 Odd layers are conjugated by a reversal of the coordinate order, so
 consecutive layers condition in opposite directions.
@@ -25,12 +27,15 @@ from flowvi.validation import (
     check_positive_int,
 )
 
+TRANSFORMERS = ("affine", "spline")
+"""The elementwise transforms an autoregressive layer can use."""
+
 
 def _autoregressive_flow(name: str, dim: int, layers, hidden, transformer: str, bins, bound,
                          invert: bool) -> Flow:
     layers = check_positive_int("layers", layers)
     hidden = check_int_tuple("hidden", hidden)
-    check_choice("transformer", transformer, ("affine", "spline"))
+    check_choice("transformer", transformer, TRANSFORMERS)
     bins = check_positive_int("bins", bins)
     bound = check_positive_float("bound", bound)
     param_size = transformer_param_size(transformer, bins)

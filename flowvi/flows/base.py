@@ -58,9 +58,14 @@ def layered_flow(name: str, dim: int, hyperparameters: tuple, num_layers: int,
     """A flow of `num_layers` stacked layers (scanned) followed by a learnable elementwise affine map.
 
     Args:
+        name: family name.
+        dim: event size.
+        hyperparameters: sorted ``(name, value)`` pairs.
+        num_layers: number of stacked layers.
         init_layer: ``key -> layer params`` (identity at init); vmapped over layers.
         make_layer: ``(layer params, layer consts) -> distrax.Bijector``.
         consts: non-trainable per-layer arrays (leading axis `num_layers`).
+        inverse_cost: cost of ``log_prob`` at an arbitrary point (see `Flow`).
 
     Params are ``{"layers": stacked layer params, "affine": elementwise affine}``.
     """
@@ -103,6 +108,49 @@ def standard_normal(dim: int) -> distrax.Distribution:
 def init_elementwise_affine(dim: int) -> dict:
     """Identity parameters for `elementwise_affine`: loc 0, scale 1."""
     return {"loc": jnp.zeros(dim), "raw_scale": jnp.zeros(dim)}
+
+
+def raw_scale_of(scale) -> jax.Array:
+    """The inverse of `positive_scale` in float32 for any finite scale >= 0 (floored at ``2 * SCALE_FLOOR``).
+
+    ``softplus^{-1}(s) = s + log(-expm1(-s))`` has no overflow, unlike ``log(expm1(s))``,
+    which is inf in float32 for s above about 88.
+    """
+    s = jnp.maximum(jnp.asarray(scale, jnp.float32) - SCALE_FLOOR, SCALE_FLOOR)
+    return s + jnp.log(-jnp.expm1(-s)) - _SHIFT
+
+
+def has_final_affine(params: Any) -> bool:
+    """True when `params` end in the elementwise affine layer every family has (a custom Flow may not)."""
+    return isinstance(params, dict) and isinstance(params.get("affine"), dict) and "loc" in params["affine"]
+
+
+def final_affine(params: dict) -> dict:
+    """The parameters ``{"loc", "raw_scale"}`` of a flow's last elementwise affine layer."""
+    return params["affine"]
+
+
+def with_final_affine(params: dict, loc=None, scale=None, shift=None) -> dict:
+    """`params` with the flow's last elementwise affine layer set (a new pytree; nothing is modified).
+
+    Every family ends in ``x = loc + scale * y``, so this is how a flow is made to
+    start at a location and scale (data moments, an initial point, spread-out runs).
+
+    Args:
+        params: the flow's parameters (any leading batch axes).
+        loc: ``(..., dim)`` new location, or None to keep it.
+        scale: ``(..., dim)`` new positive scale, or None to keep it.
+        shift: ``(..., dim)`` added to the location, or None.
+    """
+    affine = dict(final_affine(params))
+    if loc is not None:
+        affine["loc"] = jnp.broadcast_to(jnp.asarray(loc, affine["loc"].dtype), affine["loc"].shape)
+    if shift is not None:
+        affine["loc"] = affine["loc"] + jnp.asarray(shift, affine["loc"].dtype)
+    if scale is not None:
+        raw = raw_scale_of(scale).astype(affine["raw_scale"].dtype)
+        affine["raw_scale"] = jnp.broadcast_to(raw, affine["raw_scale"].shape)
+    return {**params, "affine": affine}
 
 
 def elementwise_affine(params: dict) -> distrax.Bijector:

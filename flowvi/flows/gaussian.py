@@ -7,6 +7,9 @@ import jax.numpy as jnp
 from flowvi.flows.base import Flow, elementwise_affine, init_elementwise_affine, transformed
 from flowvi.validation import check_choice
 
+COVARIANCES = ("diag", "full")
+"""The covariance structures of the Gaussian family."""
+
 
 def gaussian(dim: int, covariance: str = "diag") -> Flow:
     """Gaussian ``x = loc + L u`` with ``L`` diagonal or lower-triangular.
@@ -18,7 +21,7 @@ def gaussian(dim: int, covariance: str = "diag") -> Flow:
     Returns:
         A `Flow`; at initialisation it is the standard normal.
     """
-    check_choice("covariance", covariance, ("diag", "full"))
+    check_choice("covariance", covariance, COVARIANCES)
 
     def init(key: jax.Array) -> dict:
         params = {"affine": init_elementwise_affine(dim)}

@@ -14,17 +14,16 @@ from numpyro import handlers
 from numpyro.distributions.transforms import UnpackTransform
 from numpyro.infer.autoguide import AutoContinuous
 from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.util import initialize_model
 
-from flowvi.flows import FAMILIES, Flow, hyperparameter_names, make_flow
-from flowvi.numpyro.transform import flow_distribution
-from flowvi.numpyro_target import (
+from flowvi.flows import FAMILIES, Flow, has_final_affine, hyperparameter_names, make_flow, with_final_affine
+from flowvi.numpyro._model import (
     check_no_discrete_latents,
     check_same_latent_shapes,
+    initialize,
     latent_shapes,
     model_structure,
-    numpyro_init_diagnosis,
 )
+from flowvi.numpyro.transform import flow_distribution
 from flowvi.validation import check_known_options, check_positive_int
 
 DEFAULT_QUANTILE_DRAWS = 4000
@@ -135,15 +134,14 @@ class AutoFlow(AutoContinuous):
         if rng_key is None:
             raise RuntimeError("AutoFlow sets itself up on its first call, which needs a PRNG key: call it "
                                "under numpyro.handlers.seed (svi.init and Predictive do).")
-        with handlers.block(), numpyro_init_diagnosis(self.model, args, kwargs, self.init_loc_fn):
-            init_params, self._potential_fn_gen, postprocess_fn_gen, self.prototype_trace = initialize_model(
-                rng_key[None], self.model, init_strategy=self.init_loc_fn, dynamic_args=True,
-                model_args=args, model_kwargs=kwargs,
-                forward_mode_differentiation=self._forward_mode_differentiation)
+        self._init_locs, info = initialize(
+            self.model, args, kwargs, rng_key=rng_key, init_strategy=self.init_loc_fn, dynamic_args=True,
+            forward_mode_differentiation=self._forward_mode_differentiation)
+        self._potential_fn_gen, postprocess_fn_gen, self.prototype_trace = \
+            info.potential_fn, info.postprocess_fn, info.model_trace
         self._potential_fn = self._potential_fn_gen(*args, **kwargs)
         # Seeded in case the model subsamples: only its deterministic sites are collected.
         self._postprocess_fn = handlers.seed(postprocess_fn_gen(*args, **kwargs), rng_seed=0)
-        self._init_locs = jax.tree.map(lambda a: a[0], init_params[0])
 
         self._prototype_frames = {}
         for name, site in self.prototype_trace.items():
@@ -195,11 +193,7 @@ class AutoFlow(AutoContinuous):
 
     def _init_flow_params(self, key: jax.Array) -> Any:
         params = jax.jit(self.flow.init)(key)  # one compilation rather than op by op
-        if isinstance(params, dict) and "affine" in params and "loc" in params["affine"]:
-            loc = params["affine"]["loc"]
-            params = {**params, "affine": {**params["affine"],
-                                           "loc": jnp.asarray(self._init_latent, loc.dtype).reshape(loc.shape)}}
-        return params
+        return with_final_affine(params, loc=self._init_latent) if has_final_affine(params) else params
 
     def _flow_params(self) -> Any:
         values = [numpyro.param(name) for name in self._param_names]

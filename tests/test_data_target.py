@@ -1,6 +1,5 @@
 """Targets with a data axis: the keyword form, subsampling (doubly-stochastic VI), its errors."""
 
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -8,13 +7,11 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from conftest import randomize
+from helpers import randomize
 
 import flowvi
-from flowvi.data_target import data_spec
+from flowvi import reverse_kl
 from flowvi.objectives import negative_elbo
-
-fit_module = importlib.import_module("flowvi.fit")
 
 
 def logistic_rows(n, p=3, seed=0):
@@ -87,7 +84,7 @@ def test_subsampled_gradient_is_unbiased(kind):
                                                                                  *logistic_rows(n))
     flow = flowvi.flows.make_flow("gaussian", 3)
     params = randomize(flow.init(jax.random.key(0)), jax.random.key(1))
-    full, sub = data_spec(target), data_spec(target, batch)
+    full, sub = target.data_spec(), target.data_spec(batch)
     x = jnp.array([0.2, -0.1, 0.4])
     np.testing.assert_allclose(full.log_density(x, full.data, None), target.log_density(x), rtol=1e-5)
     d = np.asarray(paired_gradient_differences(sub, full, flow, params))
@@ -114,16 +111,16 @@ def test_subsampled_fit_approaches_the_conjugate_posterior_and_is_reproducible()
     assert abs(draws.mean() - mean) < 3 * sd
     assert 0.5 * sd < draws.std() < 2.0 * sd
     assert post.settings["subsample"] == 100
-    before = fit_module._run_chunk._cache_size()
+    before = reverse_kl._run_chunk._cache_size()
     again = flowvi.fit(target, **kw)
-    assert fit_module._run_chunk._cache_size() == before  # refits compile nothing
+    assert reverse_kl._run_chunk._cache_size() == before  # refits compile nothing
     np.testing.assert_array_equal(again.losses, post.losses)
 
 
 def test_subsample_of_all_rows_is_the_full_data():
     target = plain_logistic(40)
-    assert data_spec(target, 40).log_density == data_spec(target).log_density  # the same compiled program
-    assert data_spec(target, 39).log_density.batch_size == 39
+    assert target.data_spec(40).log_density == target.data_spec().log_density  # the same compiled program
+    assert target.data_spec(39).log_density.batch_size == 39
 
 
 def test_subsample_bad_input_is_named():

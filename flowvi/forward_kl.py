@@ -1,25 +1,26 @@
-"""`fit_samples`: fit a flow to data by maximum likelihood (forward KL)."""
+"""`fit_samples`: fit a flow to data by maximum likelihood (forward KL).
+
+(The module is ``flowvi.forward_kl``; ``flowvi.fit_samples`` is the function.)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowvi.fit import as_key, default_optimizer, resolve_flow
-from flowvi.flows import FAMILIES, Flow, make_flow
-from flowvi.flows.base import _SHIFT, SCALE_FLOOR
+from flowvi.flows import FAMILIES, Flow, make_flow, resolve_flow, with_final_affine
+from flowvi.host_loop import TrainingLoop
 from flowvi.objectives import negative_log_likelihood
 from flowvi.posterior import Posterior
-from flowvi.progress import Plateau, make_progress_bar
+from flowvi.schedules import default_optimizer
 from flowvi.training import guarded_step, init_state
-from flowvi.validation import check_positive_float, check_positive_int
+from flowvi.validation import as_key, check_positive_float, check_positive_int
 
 FIT_SAMPLES_OPTIONS = ("flow", "key", "max_epochs", "patience", "batch_size", "learning_rate", "optimizer",
                        "validation_fraction", "progress", "max_bad_streak")
@@ -43,11 +44,25 @@ def check_data(data) -> np.ndarray:
     return arr
 
 
-def _standardising_affine(data: np.ndarray) -> dict:
-    """Final-layer parameters that map N(0, I) to the data's mean and sd (a good start)."""
-    sd = np.maximum(data.std(axis=0), 10 * SCALE_FLOOR)
-    raw = np.log(np.expm1(sd - SCALE_FLOOR)) - _SHIFT
-    return {"loc": jnp.asarray(data.mean(axis=0), jnp.float32), "raw_scale": jnp.asarray(raw, jnp.float32)}
+def standardised_start(flow: Flow, params, data: np.ndarray):
+    """`params` with the flow's last affine layer set so that the untrained flow has the data's mean and sd.
+
+    The untrained layers are the identity, so the flow is ``x = loc + scale * u``.
+    An inverted flow (``iaf``, ``bnaf`` fitted to samples) runs that layer on the
+    data-to-noise side, ``u = loc + scale * x``, so there ``loc = -m / s`` and
+    ``scale = 1 / s``. The moments are computed in float64 and the scale is
+    set through `flowvi.flows.base.raw_scale_of`, which does not overflow in float32.
+
+    Args:
+        flow: the family instance.
+        params: its initial parameters.
+        data: ``(n, dim)`` training rows.
+    """
+    mean = data.mean(axis=0, dtype=np.float64)
+    sd = np.maximum(data.std(axis=0, dtype=np.float64), 1e-30)
+    if flow.options.get("inverted", False):
+        return with_final_affine(params, loc=-mean / sd, scale=1.0 / sd)
+    return with_final_affine(params, loc=mean, scale=sd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +87,9 @@ def _train_epoch(config: _ForwardKLConfig, state, train: jax.Array, key: jax.Arr
 
     state, info = jax.lax.scan(body, state, batches)
     finite = jnp.isfinite(info.loss)
-    return state, jnp.sum(jnp.where(finite, info.loss, 0.0)) / jnp.maximum(finite.sum(), 1)
+    # The mean over the finite batches; NaN (not 0) when every batch was non-finite.
+    mean = jnp.sum(jnp.where(finite, info.loss, 0.0)) / finite.sum()
+    return state, jnp.where(finite.any(), mean, jnp.nan), jnp.sum(~finite)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -143,36 +160,33 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     config = _ForwardKLConfig(flow, optimizer, min(batch_size, train.shape[0]), max_bad_streak)
 
     start = time.perf_counter()
-    params = flow.init(init_key)
-    params = {**params, "affine": _standardising_affine(np.asarray(train))}
+    params = standardised_start(flow, flow.init(init_key), np.asarray(train))
     state = init_state(params, optimizer)
     best_params, best_val = params, float(_mean_nll(flow, params, val))
-    plateau = Plateau(patience, 1)
     train_losses, val_losses = [], []
-    reason = f"completed all {max_epochs} epochs"
-    bar = make_progress_bar(progress, max_epochs, "epoch")
-    try:
+    with TrainingLoop("flowvi.fit_samples", 1, max_epochs, "epoch", patience, progress,
+                      f"completed all {max_epochs} epochs") as loop:
         for epoch in range(max_epochs):
-            state, train_loss = _train_epoch(config, state, train, jax.random.fold_in(epoch_key, epoch))
+            state, train_loss, bad_batches = _train_epoch(config, state, train, jax.random.fold_in(epoch_key, epoch))
             val_loss = float(_mean_nll(flow, state.params, val))
             train_losses.append(float(train_loss))
-            val_losses.append(val_loss)
+            val_losses.append(val_loss if np.isfinite(val_loss) else np.nan)
             if np.isfinite(val_loss) and val_loss < best_val:
                 best_params, best_val = state.params, val_loss
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f"train NLL {float(train_loss):.4g}  held-out NLL {val_loss:.4g}")
+            loop.report(epoch + 1, f"train NLL {float(train_loss):.4g}  held-out NLL {val_loss:.4g}")
             if bool(state.halted):
-                reason = (f"stopped in epoch {epoch}: the loss or gradient was non-finite for {max_bad_streak} "
-                          "consecutive steps; the parameters are those with the best held-out NLL")
-                warnings.warn(f"flowvi.fit_samples {reason}.", RuntimeWarning, stacklevel=2)
+                loop.stop(0, f"stopped in epoch {epoch + 1}: the loss or gradient was non-finite for "
+                             f"{max_bad_streak} consecutive steps; the parameters are those with the best "
+                             "held-out NLL", warn=True)
+            elif not np.isfinite(train_loss):
+                loop.stop(0, f"stopped in epoch {epoch + 1}: every batch of the epoch was non-finite "
+                             f"({int(bad_batches)} batches); the parameters are those with the best held-out NLL",
+                          warn=True)
+            elif not loop.check_plateau(0, np.array([val_loss]), epoch + 1):
+                loop.check_interrupt(epoch + 1)
+            if not loop.active[0]:
                 break
-            if plateau.update(0, np.array([val_loss]), epoch + 1):
-                reason = f"early stopping after epoch {epoch + 1}: held-out NLL had not improved for {patience} epochs"
-                break
-    finally:
-        if bar is not None:
-            bar.close()
+    reason = loop.reasons[0]
     return Posterior(
         flow=flow, params=jax.tree.map(lambda a: a[None], best_params), target=None,
         losses=np.asarray(train_losses), stop_reasons=[reason], steps_run=np.array([len(train_losses)]),

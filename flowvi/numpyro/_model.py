@@ -1,10 +1,11 @@
-"""`NumPyroTarget`: a NumPyro model as a flat, unconstrained, named `flowvi.Target`.
+"""What flowvi needs to know about a NumPyro model, and the one way it starts one up.
 
-The log density is NumPyro's own negative potential energy: every latent
-site is mapped to R^k with ``biject_to(site.support)``, and the Jacobians of
-those maps come from NumPyro, not from flowvi. The flat vector is the
-``jax.flatten_util.ravel_pytree`` of NumPyro's dict of unconstrained values
-(sites in sorted name order, each raveled in C order).
+`model_structure` reads site names, kinds and shapes without computing
+anything; `initialize` is NumPyro's ``initialize_model`` with a batch of one
+key, which takes NumPyro's compiled search for a valid initial point (a
+``lax.map`` over a ``while_loop``) instead of an op-by-op eager one: much
+faster to start. The target, its data axis and the autoguide all start models
+through it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
-from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import initialize_model
-
-from flowvi.target import Target
 
 _INIT_FAILURE = "Cannot find valid initial parameters"
 
@@ -175,142 +173,37 @@ def _nonfinite_sites(model: Callable, model_args: tuple, model_kwargs: dict,
     return bad
 
 
-def _subsampled_plates(structure: dict[str, SiteInfo]) -> list[str]:
+def subsampled_plates(structure: dict[str, SiteInfo]) -> list[str]:
     return [f"'{name}' (size {s.plate_sizes[0]}, subsample_size {s.plate_sizes[1]})"
             for name, s in structure.items()
             if s.type == "plate" and s.plate_sizes[1] is not None and s.plate_sizes[1] != s.plate_sizes[0]]
 
 
-def _coordinate_names(name: str, shape: tuple) -> list[str]:
-    if shape == ():
-        return [name]
-    return [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
-
-
-class NumPyroTarget(Target):
-    """A NumPyro model's posterior on the flat unconstrained latent vector.
-
-    ``log_density(x) = -potential_energy(unravel(x))``: the model's log joint
-    at the constrained values plus the log-Jacobians of NumPyro's
-    ``biject_to`` transforms. Build it with `flowvi.Target.from_numpyro`.
+def initialize(model: Callable, model_args: tuple, model_kwargs: dict, *, rng_key: jax.Array | None = None,
+               init_strategy: Callable = init_to_uniform, dynamic_args: bool = False, **options: Any):
+    """NumPyro's ``initialize_model`` with a batch of one key, its failure explained, and no batch axis left.
 
     Args:
-        model: a NumPyro model (a callable with ``numpyro.sample`` sites).
-        model_args: positional arguments for the model (data), fixed here.
-        model_kwargs: keyword arguments for the model (e.g. ``y=y``).
+        model: the NumPyro model.
+        model_args: its positional arguments.
+        model_kwargs: its keyword arguments.
+        rng_key: a raw or typed PRNG key (default ``PRNGKey(0)``).
+        init_strategy: NumPyro init strategy.
+        dynamic_args: passed on (the potential then takes the model's arguments).
+        **options: other ``initialize_model`` keyword arguments.
 
-    Attributes:
-        dim: length of the flat unconstrained vector.
-        names: one name per flat coordinate, ``"mu"``, ``"theta[0]"``,
-            ``"L[0]"``: a site name with the index into its *unconstrained*
-            array (for ``mu``, ``tau`` and ``theta`` that is the site's own
-            shape; a 3-simplex has 2 unconstrained coordinates).
-        model, model_args, model_kwargs: what the target was built from.
-        site_shapes: latent site name -> constrained shape, e.g. ``{"w": (3,)}``.
-        unconstrained_shapes: latent site name -> shape on R^k, e.g. ``{"w": (2,)}``.
-        observed_sites: observed site name -> observed array.
-        deterministic_sites: deterministic site name -> shape.
-        init_point: ``(dim,)``, the valid initial point NumPyro found (``init_to_uniform``).
+    Returns:
+        ``(init_params, info)``: the initial unconstrained values (a site dict,
+        no batch axis) and NumPyro's ``ModelInfo``.
 
     Raises:
-        ValueError: discrete latent sites; a subsampled plate; a log density
-            that is non-finite at every initial point NumPyro tries.
-
-    Examples:
-        >>> import jax, numpyro, numpyro.distributions as dist, flowvi
-        >>> def model():
-        ...     numpyro.sample("s", dist.HalfNormal(1.0))
-        >>> t = flowvi.Target.from_numpyro(model)
-        >>> t.dim, t.names
-        (1, ['s'])
-        >>> t.constrain(jax.numpy.zeros((4, 1)))["s"].shape
-        (4,)
+        ValueError: the log density is non-finite at every initial point tried,
+            with NumPyro's diagnosis and the offending sites.
     """
-
-    def __init__(self, model: Callable, model_args: tuple = (), model_kwargs: dict | None = None):
-        if not callable(model):
-            raise TypeError(f"model must be a NumPyro model (a callable), got {type(model).__name__}.")
-        model_args = tuple(model_args)
-        model_kwargs = dict(model_kwargs or {})
-        structure = model_structure(model, model_args, model_kwargs)
-        check_no_discrete_latents(structure, "flowvi.Target.from_numpyro")
-        subsampled = _subsampled_plates(structure)
-        if subsampled:
-            raise ValueError(
-                f"flowvi.Target.from_numpyro needs the full likelihood, but plate(s) {', '.join(subsampled)} "
-                "are subsampled. Pass arguments that switch subsampling off, or fit the subsampled model "
-                "with flowvi.numpyro.AutoFlow in numpyro's SVI (doubly-stochastic VI).")
-        if not latent_shapes(structure):
-            raise ValueError("the NumPyro model has no latent sample sites: there is nothing to approximate.")
-
-        with numpyro_init_diagnosis(model, model_args, model_kwargs):
-            # A batch of one key takes NumPyro's compiled search for a valid initial point
-            # (lax.map over a while_loop) instead of an op-by-op eager one: much faster to start.
-            info = initialize_model(jax.random.PRNGKey(0)[None], model, model_args=model_args,
-                                    model_kwargs=model_kwargs)
-        init = jax.tree.map(lambda a: a[0], info.param_info.z)
-        flat, unravel = ravel_pytree(init)
-        names = [n for site, value in sorted(init.items()) for n in _coordinate_names(site, jnp.shape(value))]
-
-        self.model = model
-        self.model_args = model_args
-        self.model_kwargs = model_kwargs
-        self.site_shapes = {k: v for k, v in latent_shapes(structure).items() if k in init}
-        self.unconstrained_shapes = {k: tuple(jnp.shape(v)) for k, v in sorted(init.items())}
-        self.observed_sites = {name: site["value"] for name, site in info.model_trace.items()
-                               if site["type"] == "sample" and site["is_observed"]}
-        self.deterministic_sites = {name: s.shape for name, s in structure.items() if s.type == "deterministic"}
-        self.init_point = flat
-        self._unravel = unravel
-
-        potential_fn = info.potential_fn
-
-        def log_density(x: jax.Array) -> jax.Array:
-            """``x: (dim,)`` -> scalar: the negative NumPyro potential energy."""
-            return -potential_fn(unravel(x))
-
-        # Made once: the fit loop's compilation cache is keyed on this function object. Jitted so
-        # that eager calls (Target.probe, users) compile the model once rather than op by op.
-        super().__init__(jax.jit(log_density), int(flat.shape[0]), names)
-        postprocess = handlers.seed(info.postprocess_fn, rng_seed=0)
-        self._constrain = jax.jit(jax.vmap(lambda x: postprocess(unravel(x))))
-
-    def __repr__(self) -> str:
-        name = getattr(self.model, "__name__", type(self.model).__name__)
-        return f"NumPyroTarget(model={name}, dim={self.dim}, sites={self.site_shapes})"
-
-    def unconstrained_dict(self, x: jax.Array) -> dict[str, jax.Array]:
-        """Flat ``x: (dim,)`` -> NumPyro's dict of unconstrained site values."""
-        return self._unravel(x)
-
-    def constrain(self, x: jax.Array) -> dict[str, jax.Array]:
-        """Map flat unconstrained draws to named, constrained values.
-
-        Args:
-            x: array of shape ``(n, dim)`` (or ``(dim,)`` for one point).
-
-        Returns:
-            Latent sites (constrained, ``(n, *site_shape)``) and deterministic
-            sites (``(n, *shape)``), by name; no leading axis for ``(dim,)`` input.
-
-        Raises:
-            ValueError: ``x`` does not have ``dim`` coordinates (e.g. draws from
-                a fit to this model with arguments of another latent dimension).
-        """
-        x = jnp.asarray(x)
-        if x.ndim not in (1, 2) or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"x must have shape (n, {self.dim}) or ({self.dim},): this model's flat latent vector has "
-                f"dim={self.dim} ({', '.join(f'{k}{v}' for k, v in self.unconstrained_shapes.items())}), "
-                f"got shape {x.shape}. If the draws come from a fit to this model with other arguments, "
-                "the latent dimension changed between fit and sampling.")
-        out = self._constrain(jnp.atleast_2d(x))
-        return jax.tree.map(lambda a: a[0], out) if x.ndim == 1 else out
-
-
-def from_numpyro(model: Callable, *args: Any, **kwargs: Any) -> NumPyroTarget:
-    """`NumPyroTarget` for ``model(*args, **kwargs)``; see `flowvi.Target.from_numpyro`."""
-    return NumPyroTarget(model, args, kwargs)
-
-
-__all__ = ["NumPyroTarget", "from_numpyro"]
+    key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    with handlers.block(), numpyro_init_diagnosis(model, model_args, model_kwargs, init_strategy):
+        info = initialize_model(key[None], model, init_strategy=init_strategy, dynamic_args=dynamic_args,
+                                model_args=model_args, model_kwargs=model_kwargs, **options)
+    return jax.tree.map(lambda a: a[0], info.param_info.z), info

@@ -10,26 +10,43 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import pathlib
 import sys
 import textwrap
-import types
 
-from flowvi.cli_model import ModelFile, ModelFileError, load_model_file
+from flowvi import flows
+from flowvi.cli.model_file import ModelFile, ModelFileError, load_model_file
+from flowvi.forward_kl import fit_samples
+from flowvi.objectives import ESTIMATORS
+from flowvi.reverse_kl import fit
 
 OUTPUTS = ("posterior.nc", "report.png", "flow.flowvi")
-FLOW_FAMILIES = ("gaussian", "affine_coupling", "spline_coupling", "iaf", "maf", "bnaf")
-# Flags for flow hyperparameters: dest -> the family keyword.
-HYPERPARAMETER_FLAGS = {"layers": "layers", "hidden": "hidden", "bins": "bins", "bound": "bound",
-                        "transformer": "transformer", "block_size": "block_size", "covariance": "covariance"}
 # Options of one objective only: dest -> the kinds of model file they apply to.
 REVERSE_KL_ONLY = ("steps", "num_samples", "estimator", "subsample", "devices")
 SAMPLES_ONLY = ("epochs", "batch_size")
+
+
+def _signature_defaults(function) -> dict:
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+_FIT, _FIT_SAMPLES = _signature_defaults(fit), _signature_defaults(fit_samples)
+# The library's defaults, read from the signatures of fit and fit_samples; runs, seed and draws are the CLI's own.
 DEFAULTS = {
-    "steps": 2000, "num_samples": 64, "estimator": "reparam", "runs": 4, "patience": None,
-    "epochs": 100, "batch_size": 256, "samples_patience": 10, "learning_rate": 5e-3,
-    "samples_learning_rate": 1e-3, "seed": 0, "draws": 1000,
+    "steps": _FIT["steps"], "num_samples": _FIT["num_samples"], "estimator": _FIT["estimator"], "runs": 4,
+    "patience": _FIT["patience"], "epochs": _FIT_SAMPLES["max_epochs"], "batch_size": _FIT_SAMPLES["batch_size"],
+    "samples_patience": _FIT_SAMPLES["patience"], "learning_rate": _FIT["learning_rate"],
+    "samples_learning_rate": _FIT_SAMPLES["learning_rate"], "seed": 0, "draws": 1000,
 }
+# Every hyperparameter of every family, with the families that take it and their defaults.
+HYPERPARAMETERS: dict[str, dict[str, object]] = {}
+for _family in flows.FAMILIES:
+    for _name, _default in flows.hyperparameter_defaults(_family).items():
+        HYPERPARAMETERS.setdefault(_name, {})[_family] = _default
+# Flags for flow hyperparameters: dest -> the family keyword (one flag per hyperparameter).
+HYPERPARAMETER_FLAGS = {name: name for name in HYPERPARAMETERS}
 # `flowvi demo`: the banana, with settings that fit it well in well under a minute on two cores.
 DEMO_MODEL = "banana"
 DEMO_DEFAULTS = {"flow": "spline_coupling", "steps": 2000, "num_samples": 256, "runs": 2,
@@ -75,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flowvi`` and its ``fit`` and ``demo`` commands."""
-    from flowvi import __version__
+    from flowvi._version import __version__
 
     parser = _Parser(
         prog="flowvi", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -129,25 +146,14 @@ def _demo_settings(settings: dict | None = None) -> str:
 def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
     """The options of `fit` and `demo`; every default is None so that given options can be told apart."""
     flow = p.add_argument_group("flow")
-    flow.add_argument("--flow", choices=FLOW_FAMILIES, default=None,
+    flow.add_argument("--flow", choices=tuple(flows.FAMILIES), default=None,
                       help="flow family (default: " + (d["flow"] if "flow" in d else
-                           "spline_coupling; iaf for 1-D targets; maf for samples") + "). "
+                           f"{flows.default_family(2)}; {flows.default_family(1)} for 1-D targets; "
+                           f"{_FIT_SAMPLES['flow']} for samples") + "). "
                            "gaussian: baseline; affine_coupling/spline_coupling: fast both ways; iaf: "
                            "best for reverse KL; maf: best for samples; bnaf: most flexible")
-    flow.add_argument("--layers", type=_positive_int, help="number of layers (all but gaussian; default 4, "
-                      "bnaf 2)")
-    flow.add_argument("--hidden", type=_int_tuple, metavar="N[,N...]",
-                      help="hidden widths of the conditioner networks, e.g. 64,64 (couplings, iaf, maf; "
-                           "default " + (",".join(map(str, d["hidden"])) if "hidden" in d else "64,64") + ")")
-    flow.add_argument("--bins", type=_positive_int, help="spline bins (spline_coupling; iaf/maf with "
-                      "--transformer spline; default 8)")
-    flow.add_argument("--bound", type=_positive_float, help="half-width of the spline interval, identity "
-                      "outside (default 5)")
-    flow.add_argument("--transformer", choices=("affine", "spline"),
-                      help="elementwise transform of iaf/maf (default affine)")
-    flow.add_argument("--block-size", type=_int_tuple, metavar="N[,N...]",
-                      help="hidden units per coordinate in each hidden layer of bnaf, e.g. 50,50 (default 16)")
-    flow.add_argument("--covariance", choices=("diag", "full"), help="gaussian covariance (default diag)")
+    for name, by_family in HYPERPARAMETERS.items():
+        _add_hyperparameter_flag(flow, name, by_family, d)
     flow.add_argument("--flow-option", action="append", default=[], metavar="NAME=VALUE", type=_flow_option,
                       help="any flow hyperparameter by name, e.g. --flow-option layers=6 (repeatable)")
 
@@ -160,7 +166,7 @@ def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
                           f"{d['learning_rate']:g}; {d['samples_learning_rate']:g}, constant, for samples)")
     opt.add_argument("--runs", type=_positive_int, help=f"independent runs trained together, for R-hat across "
                      f"runs (default {d['runs']}; samples files: 1)")
-    opt.add_argument("--estimator", choices=("reparam", "stl"),
+    opt.add_argument("--estimator", choices=ESTIMATORS,
                      help="gradient estimator: reparam, or stl (sticking the landing; gaussian, couplings "
                           f"and maf only) (default {d['estimator']})")
     opt.add_argument("--patience", type=_positive_int,
@@ -187,6 +193,38 @@ def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--traceback", action="store_true",
                      help="on an error, show the full Python traceback instead of one line")
+
+
+def _add_hyperparameter_flag(group, name: str, by_family: dict, d: dict) -> None:
+    """One flag for a flow hyperparameter, its type and help from the families' own defaults."""
+    defaults = {}
+    for family, value in by_family.items():
+        defaults.setdefault(_show(value), []).append(family)
+    if name in d:  # the demo's own setting
+        shown = _show(d[name])
+    elif len(defaults) == 1:
+        shown = next(iter(defaults))
+    else:
+        shown = "; ".join(f"{value} for {', '.join(fams)}" for value, fams in defaults.items())
+    example = next(iter(by_family.values()))
+    kwargs: dict = {"help": f"{name.replace('_', ' ')} ({', '.join(by_family)}; default {shown})"}
+    if isinstance(example, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif name in flows.CHOICES:
+        kwargs["choices"] = flows.CHOICES[name]
+    elif isinstance(example, tuple):
+        kwargs.update(type=_int_tuple, metavar="N[,N...]")
+    elif isinstance(example, int):
+        kwargs["type"] = _positive_int
+    elif isinstance(example, float):
+        kwargs["type"] = _positive_float
+    group.add_argument(_flag(name), default=None, **kwargs)
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 # --- argument types ----------------------------------------------------------------------------
@@ -259,29 +297,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo_model() -> ModelFile:
-    """models/banana.py of the source tree, or a built-in copy when flowvi is installed without it."""
-    for folder in (pathlib.Path(__file__).resolve().parent.parent / "models", pathlib.Path.cwd() / "models"):
+    """The shipped models/banana.py (of the source tree, or of the current folder)."""
+    for folder in (pathlib.Path(__file__).resolve().parents[2] / "models", pathlib.Path.cwd() / "models"):
         if (folder / f"{DEMO_MODEL}.py").exists():
             return load_model_file(folder / f"{DEMO_MODEL}.py")
-    module = types.ModuleType(DEMO_MODEL)
-    module.dim, module.names = 2, ["x0", "x1"]
-    module.log_density = lambda x: -0.5 * (x[0] ** 2 + (x[1] - x[0] ** 2) ** 2 / 0.25)
-    return ModelFile(pathlib.Path(f"{DEMO_MODEL}.py (built in)"), "log_density", module)
+    raise CliError(f"flowvi demo: error: the demo fits models/{DEMO_MODEL}.py of flowvi's source tree, which is "
+                   "not here; run it from a clone of the repository, or use flowvi fit MODEL_FILE.")
 
 
 def _check_flow_flags(args: argparse.Namespace, flow: str | None) -> None:
     """Reject hyperparameter flags that the chosen family does not take (once the family is known)."""
     if flow is None:
         return
-    from flowvi.flows import hyperparameter_names
-
-    valid = hyperparameter_names(flow)
+    valid = flows.hyperparameter_names(flow)
     given = _hyperparameters(args)
     wrong = [name for name in given if name not in valid]
     if wrong:
-        flags = ", ".join(_flag(n) for n in wrong)
-        raise CliError(f"flowvi {args.command}: error: {flags} do{'es' if len(wrong) == 1 else ''} not apply "
-                       f"to --flow {flow}; its hyperparameters are {', '.join(_flag(n) for n in valid)}.")
+        shown = ", ".join(_flag(n) if n in HYPERPARAMETER_FLAGS else f"--flow-option {n}=..." for n in wrong)
+        valid_flags = [_flag(n) for n in valid if n in HYPERPARAMETER_FLAGS]
+        raise CliError(f"flowvi {args.command}: error: {shown} do{'es' if len(wrong) == 1 else ''} not apply "
+                       f"to --flow {flow}; its hyperparameters are {', '.join(valid_flags)}.")
 
 
 def _flag(name: str) -> str:
@@ -319,7 +354,6 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
     import numpy as np
 
     import flowvi
-    from flowvi.fit import default_flow
 
     print(f"flowvi: {model.path} defines {model.describe()}")
     _check_kind_options(args, model)
@@ -327,7 +361,7 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
     data = model.samples() if samples else None
     target = None if samples else model.target()
     dim = data.shape[1] if samples else target.dim
-    flow = args.flow or ("maf" if samples else default_flow(dim))
+    flow = args.flow or (_FIT_SAMPLES["flow"] if samples else flows.default_family(dim))
     _check_flow_flags(args, flow)
     hyper = _hyperparameters(args)
     if target is not None:
@@ -388,7 +422,7 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
               f"flowvi {args.command}: wrote {out / 'flow.flowvi'} only.", file=sys.stderr)
         return EXIT_FAILED
 
-    from flowvi.cli_report import report_figure, summary_table
+    from flowvi.cli.report import report_figure, summary_table
 
     print("\naz.summary of the posterior" + (" (constrained)" if model.kind == "numpyro" else "") + ":")
     print(summary_table(idata, target))

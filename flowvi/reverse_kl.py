@@ -1,75 +1,32 @@
-"""`fit`: reverse-KL variational inference with a normalising flow."""
+"""`fit`: reverse-KL variational inference with a normalising flow.
+
+(The module is ``flowvi.reverse_kl``; ``flowvi.fit`` is the function.)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
-import warnings
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowvi.data_target import DataSpec, data_spec
-from flowvi.flows import FAMILIES, Flow, hyperparameter_names, make_flow
+from flowvi.data_target import DataSpec
+from flowvi.flows import Flow, resolve_flow, with_final_affine
+from flowvi.host_loop import TrainingLoop
 from flowvi.objectives import ESTIMATORS, negative_elbo
 from flowvi.posterior import Posterior
-from flowvi.progress import Plateau, make_progress_bar
-from flowvi.schedules import scale_by_cosine_decay, with_horizon
+from flowvi.schedules import default_optimizer, with_horizon
 from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
 from flowvi.target import Target, as_target
 from flowvi.training import init_state, scan_steps
-from flowvi.validation import check_choice, check_nonnegative, check_positive_float, check_positive_int
+from flowvi.validation import as_key, check_choice, check_nonnegative, check_positive_float, check_positive_int
 
 DEFAULT_CHUNK = 100
-CLIP_NORM = 10.0
-
-
-@functools.lru_cache(maxsize=32)
-def default_optimizer(learning_rate: float, decay: bool = True) -> optax.GradientTransformation:
-    """Adam with global-norm gradient clipping at `CLIP_NORM`.
-
-    With `decay`, the learning rate follows a cosine decay to 2% of its start
-    over the fit's steps (the horizon is set in the optimiser state by
-    `flowvi.schedules.with_horizon`, so fits of any length share one
-    compilation): the late, small steps average out Monte Carlo noise in the
-    reverse-KL gradient. Cached so that refits reuse compilations.
-    """
-    scale = scale_by_cosine_decay(learning_rate) if decay else optax.scale(-learning_rate)
-    return optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.scale_by_adam(), scale)
-
-
-def default_flow(dim: int) -> str:
-    """The family used when none is given: spline coupling, or a spline IAF in one dimension."""
-    return "spline_coupling" if dim >= 2 else "iaf"
-
-
-def as_key(key: Any, name: str = "key") -> jax.Array:
-    """Accept a typed key (`jax.random.key`) or a raw uint32 key (`jax.random.PRNGKey`)."""
-    if key is None:
-        raise TypeError(f"{name} is required: pass {name}=jax.random.key(0) (the same key gives the same fit).")
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    arr = jnp.asarray(key)
-    if arr.dtype == jnp.uint32 and arr.shape == (2,):
-        return jax.random.wrap_key_data(arr)
-    raise TypeError(f"{name} must be a JAX PRNG key such as jax.random.key(0), got {key!r}.")
-
-
-def resolve_flow(flow: str | Flow | None, dim: int, hyperparameters: dict, fit_options: tuple[str, ...]) -> Flow:
-    """Build the Flow; unknown keyword names get one error listing fit options and hyperparameters."""
-    name = default_flow(dim) if flow is None else flow
-    if isinstance(name, str) and name in FAMILIES:
-        unknown = sorted(set(hyperparameters) - set(hyperparameter_names(name)))
-        if unknown:
-            raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}. Options are "
-                            f"{', '.join(fit_options)}; hyperparameters of flow={name!r} are "
-                            f"{', '.join(hyperparameter_names(name))}.")
-    return make_flow(name, dim, **hyperparameters)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +76,16 @@ def _run_chunk(config: _ReverseKLConfig, states, run_keys, total_steps, active, 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _init_runs(flow: Flow, optimizer: optax.GradientTransformation, num_runs: int, key: jax.Array,
                steps: jax.Array, init_spread: jax.Array):
-    """Initial states of all runs. With several runs, run r > 0 starts with its
-    location shifted by ``init_spread * N(0, I)``, so that runs can find
-    different modes and R-hat across runs has something to see.
+    """Initial states of all runs.
+
+    With several runs, run r > 0 starts with its location shifted by
+    ``init_spread * N(0, I)``, so that runs can find different modes and R-hat
+    across runs has something to see.
     """
     init_key, spread_key = jax.random.split(key)
     params = jax.vmap(flow.init)(jax.random.split(init_key, num_runs))
     shift = init_spread * jax.random.normal(spread_key, (num_runs, flow.dim))
-    shift = shift.at[0].set(0.0)
-    params["affine"]["loc"] = params["affine"]["loc"] + shift
+    params = with_final_affine(params, shift=shift.at[0].set(0.0))
     return jax.vmap(lambda p: init_state(p, optimizer)._replace(
         opt_state=with_horizon(optimizer.init(p), steps)))(params)
 
@@ -230,8 +188,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         subsample = check_positive_int("subsample", subsample)
     spec = None
     # NumPyro targets keep their own log density unless the data must be split or subsampled.
-    if getattr(target, "data", None) is not None or mesh is not None or subsample is not None:
-        spec = data_spec(target, subsample, 1 if mesh is None else mesh.size)
+    if target.data is not None or mesh is not None or subsample is not None:
+        spec = target.data_spec(subsample, 1 if mesh is None else mesh.size)
     layout = make_layout(mesh, num_runs, num_samples, has_data=spec is not None)
     data = _place_data(spec, layout)
     if spec is None:
@@ -277,41 +235,29 @@ def _place_data(spec: DataSpec | None, layout: Layout | None):
 def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int | None,
            progress: bool | None, num_runs: int, data=None):
     """Host loop over compiled chunks; returns final states, per-run loss traces and stop reasons."""
-    active = np.ones(num_runs, bool)
     traces: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
-    reasons = ["completed all steps"] * num_runs
-    plateau = Plateau(patience, num_runs)
-    bar = make_progress_bar(progress, steps, "step")
     total = jnp.asarray(steps, jnp.int32)
-    try:
-        while active.any():
-            states, info = _run_chunk(config, states, run_keys, total, jnp.asarray(active), data)
+    with TrainingLoop("flowvi.fit", num_runs, steps, "step", patience, progress,
+                      "completed all steps") as loop:
+        while loop.active.any():
+            states, info = _run_chunk(config, states, run_keys, total, jnp.asarray(loop.active), data)
             loss, ran, step, halted = to_host((info.loss, info.ran, states.step, states.halted))
-            for r in np.flatnonzero(active):
+            for r in np.flatnonzero(loop.active):
                 traces[r].append(loss[r][ran[r]])
                 if halted[r]:
                     first_bad = int(step[r]) - config.max_bad_streak
-                    reasons[r] = (f"stopped at step {int(step[r])}: the loss or gradient was non-finite for "
-                                  f"{config.max_bad_streak} consecutive steps from step {first_bad}; "
-                                  "the parameters are the last finite ones")
-                    warnings.warn(f"flowvi.fit run {r} {reasons[r]}.", RuntimeWarning, stacklevel=3)
-                    active[r] = False
+                    loop.stop(r, f"stopped at step {int(step[r])}: the loss or gradient was non-finite for "
+                                 f"{config.max_bad_streak} consecutive steps from step {first_bad}; "
+                                 "the parameters are the last ones whose loss was finite", warn=True)
                 elif step[r] >= steps:
-                    active[r] = False
-                elif plateau.update(r, loss[r][ran[r]], int(step[r])):
-                    reasons[r] = (f"early stopping at step {int(step[r])}: the smoothed loss had not improved "
-                                  f"for {patience} steps")
-                    active[r] = False
-            if bar is not None:
-                bar.n = int(step.max())
-                recent = loss[np.isfinite(loss)]
-                bar.set_postfix_str(f"ELBO {-recent.mean():.4g}" if recent.size else "ELBO nan", refresh=False)
-                bar.refresh()
-    finally:
-        if bar is not None:
-            bar.close()
+                    loop.active[r] = False
+                else:
+                    loop.check_plateau(r, loss[r][ran[r]], int(step[r]))
+            recent = loss[np.isfinite(loss)]
+            loop.report(int(step.max()), f"ELBO {-recent.mean():.4g}" if recent.size else "ELBO nan")
+            loop.check_interrupt(int(step.max()))
     losses = [np.concatenate(t) if t else np.zeros(0) for t in traces]
-    return states, _stack_ragged(losses), reasons
+    return states, _stack_ragged(losses), loop.reasons
 
 
 def _stack_ragged(traces: list[np.ndarray]) -> np.ndarray:

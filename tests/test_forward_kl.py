@@ -100,7 +100,8 @@ def test_inverted_flow_gradients_match_finite_differences():
         batch = jnp.asarray(_mixture(16, 6))
         grad = jax.grad(negative_log_likelihood)(params, batch, flow)["affine"]["loc"]
         eps = 1e-6
-        bump = lambda d: {**params, "affine": {**params["affine"], "loc": params["affine"]["loc"].at[0].add(d)}}
+        def bump(d):
+            return {**params, "affine": {**params["affine"], "loc": params["affine"]["loc"].at[0].add(d)}}
         numeric = (negative_log_likelihood(bump(eps), batch, flow) - negative_log_likelihood(bump(-eps), batch, flow))
         np.testing.assert_allclose(grad[0], numeric / (2 * eps), rtol=1e-5)
 

@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowvi._version import __version__
 from flowvi.diagnostics import _analyse, arviz_major, importance_draws
+from flowvi.validation import as_key, check_positive_int
 
 
 def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = False,
@@ -62,16 +64,13 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         >>> idata.posterior["x"].shape
         (2, 100, 2)
     """
-    from flowvi.fit import as_key
-    from flowvi.validation import check_positive_int
-
     num_draws = check_positive_int("num_draws", num_draws)
     draw_key, resample_key, predict_key = jax.random.split(as_key(key), 3)
     target = post.target
     runs = post.num_runs
-    if posterior_predictive and not _is_numpyro(target):
-        raise ValueError("posterior_predictive=True needs a NumPyro model target (flowvi.Target.from_numpyro): "
-                         "a plain log density has no observed sites to predict.")
+    if posterior_predictive and (target is None or not target.observed_data()):
+        raise ValueError("posterior_predictive=True needs a NumPyro model target (flowvi.Target.from_numpyro) "
+                         "with observed sites: a plain log density has no observed sites to predict.")
     diag = None
     if target is None:
         if resample:
@@ -105,9 +104,9 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         posterior = {k: np.asarray(v).reshape(runs, num_draws, *np.shape(v)[1:]) for k, v in variables.items()}
 
     groups: dict[str, dict] = {"posterior": posterior, "sample_stats": stats}
-    if _is_numpyro(target):
-        dims = {**_plate_dims(target), **dims}
-        groups.update(_numpyro_groups(target, posterior, predict_key, log_likelihood, posterior_predictive))
+    if target is not None:
+        dims = {**target.plate_dims(), **dims}
+        groups.update(_observation_groups(target, posterior, predict_key, log_likelihood, posterior_predictive))
 
     attrs = _attrs(post, diag, num_draws, resample)
     import arviz
@@ -132,48 +131,22 @@ def _systematic_resample(key: jax.Array, log_weights: np.ndarray) -> np.ndarray:
     return np.minimum(idx, n - 1)
 
 
-def _is_numpyro(target) -> bool:
-    return target is not None and callable(getattr(target, "model", None)) and hasattr(target, "observed_sites")
-
-
-def _plate_dims(target) -> dict[str, list[str]]:
-    """Dim names from the model's plates, as ArviZ's NumPyro converter infers them."""
-    if arviz_major() >= 1:
-        from arviz_base.io_numpyro import infer_dims
-    else:
-        from arviz.data.io_numpyro import infer_dims
-    return infer_dims(target.model, target.model_args, target.model_kwargs)
-
-
-def _numpyro_groups(target, posterior: dict, key: jax.Array, log_likelihood: bool,
-                    posterior_predictive: bool) -> dict[str, dict]:
-    """observed_data, log_likelihood and posterior_predictive of a NumPyro model, (chain, draw, ...)."""
-    from numpyro.handlers import uncondition
-    from numpyro.infer import Predictive
-    from numpyro.infer.util import log_likelihood as numpyro_log_likelihood
-
-    groups: dict[str, dict] = {}
-    observed = {k: np.asarray(v) for k, v in target.observed_sites.items()}
+def _observation_groups(target, posterior: dict, key: jax.Array, log_likelihood: bool,
+                        posterior_predictive: bool) -> dict[str, dict]:
+    """observed_data, log_likelihood and posterior_predictive, ``(chain, draw, ...)``, from the target's hooks."""
+    observed = target.observed_data()
     if not observed:
-        return groups
-    groups["observed_data"] = observed
-    latents = {k: jnp.asarray(v) for k, v in posterior.items() if k in target.site_shapes}
+        return {}
+    groups: dict[str, dict] = {"observed_data": observed}
     if log_likelihood:
-        ll = numpyro_log_likelihood(target.model, latents, *target.model_args, batch_ndims=2,
-                                    **target.model_kwargs)
-        groups["log_likelihood"] = {k: np.asarray(v) for k, v in ll.items() if k in observed}
+        groups["log_likelihood"] = {k: np.asarray(v) for k, v in target.pointwise_log_likelihood(posterior).items()}
     if posterior_predictive:
-        predictive = Predictive(uncondition(target.model), posterior_samples=latents, batch_ndims=2,
-                                return_sites=list(observed))
-        draws = predictive(key, *target.model_args, **target.model_kwargs)
-        groups["posterior_predictive"] = {k: np.asarray(v) for k, v in draws.items()}
+        groups["posterior_predictive"] = {k: np.asarray(v) for k, v in target.predict(key, posterior).items()}
     return groups
 
 
 def _attrs(post, diag, num_draws: int, resample: bool) -> dict[str, Any]:
     """netCDF-safe attributes: strings, numbers and lists of numbers only."""
-    from flowvi import __version__
-
     losses = np.atleast_2d(np.asarray(post.losses, dtype=np.float64))
     final = [float(-row[np.isfinite(row)][-1]) if np.isfinite(row).any() else float("nan") for row in losses]
     attrs: dict[str, Any] = {

@@ -106,7 +106,7 @@ class ModelFile:
 
     def samples(self) -> np.ndarray:
         """The data of a samples file, checked: finite, ``(n, dim)``."""
-        from flowvi.fit_samples import check_data
+        from flowvi.forward_kl import check_data
 
         try:
             return check_data(self.module.samples)

@@ -1,6 +1,6 @@
 """The data axis of a NumPyro model: its data plates, as arguments, sharded and subsampled.
 
-`numpyro_data_spec` rebuilds a `flowvi.numpyro_target.NumPyroTarget`'s log
+`numpyro_data_spec` rebuilds a `flowvi.numpyro.NumPyroTarget`'s log
 density with NumPyro's ``initialize_model(..., dynamic_args=True)``, so the
 model's arrays are arguments of the compiled fit (and can be split over
 devices) rather than constants. Subsampling is NumPyro's own: the data plates
@@ -17,11 +17,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer.util import initialize_model
 from numpyro.primitives import Messenger
 
 from flowvi.data_target import DataSpec, check_batch_size, subsample_indices
-from flowvi.numpyro_target import numpyro_init_diagnosis, prototype_trace
+from flowvi.numpyro._model import initialize, prototype_trace
 
 # Keyword through which the minibatch indices reach the wrapped model.
 _INDICES_KW = "_flowvi_subsample_indices"
@@ -115,10 +114,7 @@ def _log_density(target: Any, plates: dict[str, int], num_data: int, batch_size:
             raise ValueError(f"subsample={batch_size}: the model failed when its data plate(s) "
                              f"{sorted(names)} were subsampled: {type(err).__name__}: {err}") from err
         _check_subsampled_observations(trace, plates, batch_size)
-    with numpyro_init_diagnosis(model_used, args, kwargs):
-        # A batch of one key: NumPyro's compiled search for an initial point (as NumPyroTarget does).
-        info = initialize_model(jax.random.PRNGKey(0)[None], model_used, dynamic_args=True,
-                                model_args=args, model_kwargs=kwargs)
+    _, info = initialize(model_used, args, kwargs, dynamic_args=True)
     potential_fn = info.potential_fn
     static = [None if d else leaf for leaf, d in zip(leaves, dynamic, strict=True)]
 

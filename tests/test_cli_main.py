@@ -10,8 +10,9 @@ import jax
 import pytest
 
 import flowvi
-from flowvi.cli import OUTPUTS, main
-from flowvi.cli_model import load_model_file
+from flowvi.cli import main
+from flowvi.cli.main import OUTPUTS
+from flowvi.cli.model_file import load_model_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL_FILES = sorted(p for p in (ROOT / "models").glob("*.py") if p.name != "__init__.py")
@@ -181,7 +182,7 @@ CHEQUERBOARD = str(ROOT / "models" / "chequerboard.py")
     (["fit", BANANA, "--flow", "gaussian", "--layers", "3"], ["--layers does not apply to --flow gaussian",
                                                               "--covariance"]),
     (["fit", BANANA, "--flow-option", "layers"], ["NAME=VALUE"]),
-    (["fit", BANANA, "--flow", "iaf", "--flow-option", "depth=3"], ["--depth does not apply to --flow iaf"]),
+    (["fit", BANANA, "--flow", "iaf", "--flow-option", "depth=3"], ["--flow-option depth=... does not apply to --flow iaf", "--layers"]),
     (["fit", BANANA, "--layers", "2", "--flow-option", "layers=3"], ["'layers' is given twice"]),
     (["fit", BANANA, "--epochs", "3"], ["--epochs does not apply", "banana.py", "--steps"]),
     (["fit", CHEQUERBOARD, "--steps", "3", "--runs", "2"], ["--steps, --runs do not apply", "--epochs"]),

@@ -7,14 +7,14 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
-from numpyro import handlers
-from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_value
-from test_numpyro_target import (
+from helpers import (
     assert_agrees_with_nuts,
     assert_constrained_draws_in_support,
     eight_schools_nuts,
     load_model,
 )
+from numpyro import handlers
+from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_value
 
 import flowvi
 from flowvi.numpyro import AutoFlow, flow_distribution

@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import xarray as xr
-from conftest import gaussian_log_density
+from helpers import gaussian_log_density
 from scipy import stats
 from scipy.special import logsumexp
 
