@@ -81,7 +81,8 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         stats = {"log_q": log_q}
     else:
         x, log_p, log_q = importance_draws(post, draw_key, num_draws)
-        diag, smoothed = _analyse(x, log_p, log_q, names=target.names, iw_k=None)
+        diag, smoothed = _analyse(x, log_p, log_q, names=target.names, iw_k=None, stop_reasons=post.stop_reasons,
+                                  labels=target.labels, unconstrained=target.site_shapes is not None)
         stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q, "log_weight_psis": smoothed}
         if resample:
             idx = _systematic_resample(resample_key, smoothed)

@@ -17,6 +17,26 @@ importance weights ``log w = log p~(x) - log q(x)``:
   expose runs that landed in different modes or failed; PSIS cannot see a
   mode that no run found.
 
+k-hat alone can say "good" about a fit that is wrong, so the verdict is never
+"good" when any of these holds (`judge`):
+
+- k-hat is NaN or ``+inf`` (it could not be estimated), or some weights are
+  ``+inf`` (the target's log density is ``+inf`` at a draw): "unreliable";
+- more than `ZERO_WEIGHT_SHARE` (1%) of the draws have zero weight (the
+  target's log density is ``-inf`` there: the flow puts mass outside the
+  target's support): at most "usable with care". A ``-inf`` k-hat (constant
+  weights) is "good" only when every weight is finite and positive: then the
+  flow equals the target up to a constant on every draw;
+- the fit halted (a stop reason "stopped at step ..." or naming non-finite
+  values: "unreliable") or was interrupted ("usable with care");
+- the raw draws are biased: a coordinate's raw mean differs from its
+  PSIS-corrected mean by more than `RAW_BIAS_TOL` (0.25) PSIS sds, or its raw
+  sd from the PSIS sd by more than a factor ``1 + RAW_BIAS_TOL``, beyond a
+  Monte Carlo allowance of 4 standard errors (from the number of draws and the
+  importance ESS). Over-dispersed flows have bounded weights and a low k-hat,
+  yet their raw draws are too wide; the verdict says to use the PSIS-corrected
+  estimates or ``resample=True``: at most "usable with care".
+
 Several runs: the draws of every run are pooled, each draw weighted with the
 density of the run that drew it, ``w = p~(x) / q_r(x)`` (not the mixture
 density, whose inverse is slow for ``iaf`` and ``bnaf``). With equal draws per
@@ -45,6 +65,20 @@ RHAT_MAX = 1.1
 """R-hat across runs above this: the runs disagree."""
 _ELBO_GAP = 1.0
 """A run whose ELBO is this many nats (and 5 standard errors) below the best run's is flagged."""
+ZERO_WEIGHT_SHARE = 0.01
+"""Share of draws with zero weight (target log density ``-inf``) above which the verdict is not "good".
+
+Each such draw is a raw draw that the target rules out (an impossible value in
+an exported posterior). Up to 1% of them the verdict counts them but keeps its
+level: the ESS loses at most 1%, and the raw moments move by about 1% of the
+distance of those draws from the target's mass."""
+RAW_BIAS_TOL = 0.25
+"""Raw draws are biased when a raw mean is this many PSIS sds from the PSIS mean, or a raw sd
+differs from the PSIS sd by more than a factor ``1 + RAW_BIAS_TOL`` (beyond 4 Monte Carlo
+standard errors). A flow within it is at most a quarter sd off: about what k-hat < 0.5 lets
+through for a too-narrow Gaussian in one coordinate (k = 1 - r^2 < 0.5 for an sd ratio r > 0.71)."""
+_MC_ALLOWANCE = 4.0
+"""Monte Carlo standard errors allowed on top of `RAW_BIAS_TOL` before raw draws count as biased."""
 
 
 def arviz_major() -> int:
@@ -63,6 +97,9 @@ def psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
     Weights that are constant to within a relative 1e-5 (the flow equals the
     target up to a constant, and float32 rounding) have no tail to fit: their
     k-hat is reported as ``-inf`` (ArviZ 0.x would say ``inf``, 1.x raise).
+    Weights with a ``+inf`` among them have k-hat ``+inf`` (their mass is shared
+    by the ``+inf`` draws); weights that are all zero (``-inf``) have k-hat and
+    smoothed weights NaN.
 
     Args:
         log_weights: array of shape ``(..., n)``: log importance weights, one
@@ -81,8 +118,14 @@ def psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
 
 
 def _psis_1d(lw: np.ndarray) -> tuple[np.ndarray, float]:
+    if np.any(lw == np.inf):
+        # Unbounded weights: all the mass sits on the +inf draws; there is no tail to fit.
+        top = lw == np.inf
+        return np.where(top, -np.log(top.sum()), -np.inf), np.inf
     finite = lw[np.isfinite(lw)]
-    if finite.size and np.ptp(finite) < _CONSTANT_SPREAD:
+    if not finite.size:
+        return np.full_like(lw, np.nan), np.nan
+    if np.ptp(finite) < _CONSTANT_SPREAD:
         return lw - logsumexp(lw), -np.inf
     if arviz_major() >= 1:
         from arviz_stats.base import array_stats
@@ -123,17 +166,32 @@ class Diagnostics:
         iw_bound, iw_bound_se, iw_k: importance-weighted bound with ``iw_k``
             draws per estimate, and its standard error (NaN when not computed).
         k_hat: Pareto k-hat of the (pooled) importance weights (``-inf`` when
-            they are constant).
+            they are constant, ``+inf`` with a ``+inf`` weight, NaN when no
+            weight is positive).
         ess, ess_fraction: importance ESS of the PSIS-smoothed weights, absolute
             and as a fraction of all draws.
         verdict: the judgement in words; starts with "good", "usable with
-            care" or "unreliable".
+            care" or "unreliable" (see `judge` for what rules out "good").
         psis_mean, psis_sd: ``(dim,)`` PSIS-corrected posterior means and
             standard deviations of the flat coordinates.
         rhat, ess_runs: ``(dim,)`` R-hat and ESS across runs; None for one run.
         num_draws: draws per run; num_runs: runs.
         names: coordinate names.
         elbo_runs, log_z_runs, k_hat_runs: ``(num_runs,)`` per-run values.
+        num_nonfinite_weights: draws whose weight is ``+inf`` or NaN (the
+            target's log density is ``+inf`` there).
+        num_zero_weights: draws whose weight is zero (the target's log density
+            is ``-inf`` there: outside the target's support).
+        raw_mean, raw_sd: ``(dim,)`` means and sds of the raw (unweighted)
+            draws, pooled over runs; None when not computed.
+        raw_biased: ``(dim,)`` bool, True where the raw draws' mean or sd
+            disagrees with the PSIS-corrected one by more than `RAW_BIAS_TOL`
+            beyond Monte Carlo error; None when not computed.
+        stop_reasons: why each run of the fit stopped (empty when unknown).
+        labels: how the printed table labels the coordinates (default `names`;
+            a NumPyro target's say which are unconstrained, e.g. ``log(tau)``).
+        unconstrained: True when the coordinates are the flat, unconstrained
+            ones of a target with named sites (the table's header says so).
     """
 
     elbo: float
@@ -157,15 +215,24 @@ class Diagnostics:
     elbo_runs: np.ndarray
     log_z_runs: np.ndarray
     k_hat_runs: np.ndarray
+    num_nonfinite_weights: int = 0
+    num_zero_weights: int = 0
+    raw_mean: np.ndarray | None = None
+    raw_sd: np.ndarray | None = None
+    raw_biased: np.ndarray | None = None
+    stop_reasons: tuple[str, ...] = ()
+    labels: tuple[str, ...] | None = None
+    unconstrained: bool = False
 
     @property
     def reliable(self) -> bool:
-        """True when k-hat <= 0.7 and, with several runs, every R-hat <= 1.1."""
+        """True unless the verdict is "unreliable" (see `judge`)."""
         return not self.verdict.startswith("unreliable")
 
     def __str__(self) -> str:
         runs = f"{self.num_runs} runs x {self.num_draws} draws, pooled" if self.num_runs > 1 \
             else f"{self.num_draws} draws"
+        total = self.num_runs * self.num_draws
         rows = [
             ("ELBO", f"{self.elbo:.4f} ± {self.elbo_se:.4f}"),
             ("log Z (importance sampling)", f"{self.log_z:.4f} ± {self.log_z_se:.4f}"),
@@ -173,23 +240,34 @@ class Diagnostics:
         if self.iw_k is not None:
             rows.append((f"IW bound (K={self.iw_k})", f"{self.iw_bound:.4f} ± {self.iw_bound_se:.4f}"))
         rows += [("Pareto k-hat", f"{self.k_hat:.3f}"),
-                 ("importance ESS", f"{self.ess:.0f} ({100 * self.ess_fraction:.1f}%)")]
+                 ("importance ESS", f"{self.ess:.0f} ({100 * self.ess_fraction:.1f}%)"),
+                 ("non-finite weights", f"{self.num_nonfinite_weights} of {total}"),
+                 ("zero weights (log p = -inf)", f"{self.num_zero_weights} of {total}")]
         if self.rhat is not None:
             rows.append(("max R-hat across runs", f"{np.nanmax(self.rhat):.3f}"))
         width = max(len(r[0]) for r in rows)
         lines = [f"flowvi diagnostics ({runs})"]
         lines += [f"  {name:<{width}}  {value}" for name, value in rows]
         lines += ["", *_wrap(f"verdict: {self.verdict}", 88, "  "), ""]
-        head = ["coordinate", "PSIS mean", "PSIS sd"] + (["R-hat", "ESS(runs)"] if self.rhat is not None else [])
+        labels = self.labels if self.labels is not None else self.names
+        raw = self.raw_mean is not None and self.raw_sd is not None
+        biased = self.raw_biased if self.raw_biased is not None else np.zeros(len(labels), bool)
+        head = ["flat coordinate (unconstrained)" if self.unconstrained else "coordinate", "PSIS mean", "PSIS sd"]
+        head += (["raw mean", "raw sd"] if raw else []) + (["R-hat", "ESS(runs)"] if self.rhat is not None else [])
         table = []
-        for i, name in enumerate(self.names[:_MAX_ROWS]):
+        for i, name in enumerate(labels[:_MAX_ROWS]):
             row = [name, f"{self.psis_mean[i]:.4g}", f"{self.psis_sd[i]:.4g}"]
+            if raw:
+                mark = (" *" if biased[i] else "  ") if biased.any() else ""
+                row += [f"{self.raw_mean[i]:.4g}", f"{self.raw_sd[i]:.4g}{mark}"]
             if self.rhat is not None:
                 row += [f"{self.rhat[i]:.3f}", f"{self.ess_runs[i]:.0f}"]
             table.append(row)
         lines += _table(head, table)
-        if len(self.names) > _MAX_ROWS:
-            lines.append(f"  ... ({len(self.names) - _MAX_ROWS} more coordinates)")
+        if len(labels) > _MAX_ROWS:
+            lines.append(f"  ... ({len(labels) - _MAX_ROWS} more coordinates)")
+        if biased.any():
+            lines.append("  * the raw draws are biased here: use the PSIS columns, or resample=True")
         if self.num_runs > 1:
             lines.append("")
             lines += _table(["run", "ELBO", "log Z", "k-hat"],
@@ -252,7 +330,8 @@ def diagnose(post, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 
 
     With several runs the draws are pooled and each is weighted with its own
     run's density (see the module docstring); R-hat and ESS across runs are
-    computed on the flat coordinates.
+    computed on the flat coordinates. How the fit stopped
+    (``post.stop_reasons``) goes into the verdict: a fit that halted is never "good".
 
     Args:
         post: a `flowvi.Posterior` fitted with `flowvi.fit` (it needs the target).
@@ -277,11 +356,13 @@ def diagnose(post, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 
         'good'
     """
     x, log_p, log_q = importance_draws(post, key, num_draws)
-    return from_draws(x, log_p, log_q, names=post.target.names, iw_k=iw_k)
+    target = post.target
+    return from_draws(x, log_p, log_q, names=target.names, iw_k=iw_k, stop_reasons=post.stop_reasons,
+                      labels=target.labels, unconstrained=target.site_shapes is not None)
 
 
 def from_draws(x: np.ndarray, log_p: np.ndarray, log_q: np.ndarray, *, names=None,
-               iw_k: int | None = 100) -> Diagnostics:
+               iw_k: int | None = 100, stop_reasons=None, labels=None, unconstrained: bool = False) -> Diagnostics:
     """`Diagnostics` from draws already made.
 
     Args:
@@ -290,14 +371,22 @@ def from_draws(x: np.ndarray, log_p: np.ndarray, log_q: np.ndarray, *, names=Non
         log_q: ``(runs, n)`` log density of each draw under its own run.
         names: ``dim`` coordinate names (default ``x[0]``, ...).
         iw_k: draws per importance-weighted bound estimate; None skips it.
+        stop_reasons: why each run of the fit stopped (``post.stop_reasons``),
+            or None when unknown; a halted or interrupted fit is never "good".
+        labels: ``dim`` labels for the printed table and the verdict (default
+            `names`), e.g. ``log(tau)`` for an unconstrained coordinate.
+        unconstrained: the coordinates are the flat, unconstrained ones of a
+            target with named sites (the printed table says so).
 
     Returns:
         `Diagnostics`.
     """
-    return _analyse(x, log_p, log_q, names=names, iw_k=iw_k)[0]
+    return _analyse(x, log_p, log_q, names=names, iw_k=iw_k, stop_reasons=stop_reasons, labels=labels,
+                    unconstrained=unconstrained)[0]
 
 
-def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.ndarray]:
+def _analyse(x, log_p, log_q, *, names=None, iw_k=100, stop_reasons=None, labels=None,
+             unconstrained=False) -> tuple[Diagnostics, np.ndarray]:
     """`Diagnostics` plus the pooled PSIS-smoothed log weights, shaped ``(runs, n)``."""
     x = np.asarray(x, dtype=np.float64)
     log_p = np.asarray(log_p, dtype=np.float64)
@@ -306,9 +395,13 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
         raise ValueError(f"expected x: (runs, n, dim), log_p and log_q: (runs, n); got shapes "
                          f"{x.shape}, {log_p.shape}, {log_q.shape}.")
     runs, n, dim = x.shape
-    names = tuple(names) if names is not None else tuple(f"x[{i}]" for i in range(dim))
+    names = tuple(str(v) for v in names) if names is not None else tuple(f"x[{i}]" for i in range(dim))
     if len(names) != dim:
         raise ValueError(f"names has {len(names)} entries but the draws have dim={dim}.")
+    labels = tuple(str(v) for v in labels) if labels is not None else names
+    if len(labels) != dim:
+        raise ValueError(f"labels has {len(labels)} entries but the draws have dim={dim}.")
+    stop_reasons = () if stop_reasons is None else tuple(str(r) for r in stop_reasons)
     if iw_k is not None and (int(iw_k) < 1 or n < 2 * int(iw_k)):
         raise ValueError(f"iw_k={iw_k} needs num_draws >= 2 * iw_k per run (got num_draws={n}); "
                          "pass a smaller iw_k, more draws, or iw_k=None to skip the bound.")
@@ -320,6 +413,8 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
         raise ValueError(f"the target's log density is NaN at {int(np.isnan(log_p).sum())} of {runs * n} draws "
                          "of the flow; diagnostics need it finite or -inf (zero density).")
     log_w = log_p - log_q
+    num_nonfinite = int(np.sum(np.isnan(log_w) | (log_w == np.inf)))
+    num_zero = int(np.sum(log_w == -np.inf))
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         elbo_runs = log_w.mean(axis=1)
@@ -327,8 +422,9 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
         elbo_se = _stratified_se(log_w)
         elbo_se_runs = _se_per_run(log_w)
 
-        top = np.max(log_w)
-        w = np.exp(log_w - top) if np.isfinite(top) else np.zeros_like(log_w)
+        finite = log_w[np.isfinite(log_w)]
+        top = float(np.max(finite)) if finite.size else 0.0
+        w = np.exp(log_w - top)  # +inf weights stay +inf (log Z = +inf), zero ones 0
         z_runs = w.mean(axis=1)
         z = z_runs.mean()
         log_z = float(top + np.log(z))
@@ -345,23 +441,68 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
 
     smoothed, k_hat = psis(log_w.reshape(-1))
     k_hat_runs = np.array([k_hat]) if runs == 1 else psis(log_w)[1]
-    weights = np.exp(smoothed - logsumexp(smoothed))
+    weights = np.exp(smoothed - logsumexp(smoothed)) if np.isfinite(smoothed).any() else np.full(smoothed.shape, np.nan)
     ess = float(1.0 / np.sum(weights ** 2))
     flat = x.reshape(-1, dim)
     psis_mean = weights @ flat
     psis_sd = np.sqrt(weights @ (flat - psis_mean) ** 2)
+    raw_mean, raw_sd, raw_biased = raw_bias(flat, weights, ess)
 
     rhat = ess_runs = None
     if runs > 1:
         rhat, ess_runs = across_runs(x)
-    verdict = judge(k_hat, rhat=rhat, elbo_runs=elbo_runs, elbo_se_runs=elbo_se_runs, names=names)
+    verdict = judge(k_hat, rhat=rhat, elbo_runs=elbo_runs, elbo_se_runs=elbo_se_runs, names=labels,
+                    stop_reasons=stop_reasons, num_zero_weights=num_zero, num_nonfinite_weights=num_nonfinite,
+                    num_weights=runs * n, raw_biased=raw_biased)
     diag = Diagnostics(
         elbo=elbo, elbo_se=elbo_se, log_z=log_z, log_z_se=log_z_se, iw_bound=iw_bound,
         iw_bound_se=iw_bound_se, iw_k=iw_k, k_hat=k_hat, ess=ess, ess_fraction=ess / (runs * n),
         verdict=verdict, psis_mean=psis_mean, psis_sd=psis_sd, rhat=rhat, ess_runs=ess_runs,
         num_draws=n, num_runs=runs, names=names, elbo_runs=elbo_runs, log_z_runs=log_z_runs,
-        k_hat_runs=np.asarray(k_hat_runs, dtype=np.float64))
+        k_hat_runs=np.asarray(k_hat_runs, dtype=np.float64), num_nonfinite_weights=num_nonfinite,
+        num_zero_weights=num_zero, raw_mean=raw_mean, raw_sd=raw_sd, raw_biased=raw_biased,
+        stop_reasons=stop_reasons, labels=labels, unconstrained=bool(unconstrained))
     return diag, smoothed.reshape(runs, n)
+
+
+def raw_bias(x: np.ndarray, weights: np.ndarray, ess: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw moments of draws and whether they disagree with the importance-weighted ones.
+
+    A coordinate is biased when ``|raw mean - PSIS mean| / PSIS sd`` exceeds
+    `RAW_BIAS_TOL` plus 4 Monte Carlo standard errors of the difference, or
+    ``|log(raw sd / PSIS sd)|`` exceeds ``log(1 + RAW_BIAS_TOL)`` plus 4 of
+    its standard errors. The standard errors add the two estimates' variances
+    (ignoring their positive correlation, which only makes the allowance
+    wider): ``sd / sqrt(n)`` for a mean of ``n`` draws, and
+    ``sqrt((kurtosis - 1) / (4 n))`` for a log sd, with ``n`` the number of
+    draws for the raw moments and the importance ESS for the weighted ones.
+
+    Args:
+        x: ``(n, dim)`` draws of the proposal.
+        weights: ``(n,)`` normalised (PSIS-smoothed) importance weights.
+        ess: their effective sample size.
+
+    Returns:
+        ``raw_mean: (dim,)``, ``raw_sd: (dim,)`` and ``biased: (dim,)`` bool
+        (False wherever the weighted moments are not finite or the PSIS sd is 0).
+    """
+    n = x.shape[0]
+    raw_mean = x.mean(axis=0)
+    centred = x - raw_mean
+    raw_var = np.mean(centred ** 2, axis=0)
+    raw_sd = np.sqrt(raw_var)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = weights @ x
+        var = weights @ (x - mean) ** 2
+        sd = np.sqrt(var)
+        raw_kurt = np.mean(centred ** 4, axis=0) / raw_var ** 2
+        kurt = (weights @ (x - mean) ** 4) / var ** 2
+        se_mean = np.sqrt(raw_var / n + var / ess) / sd
+        se_log_sd = np.sqrt(np.maximum(raw_kurt - 1, 0) / (4 * n) + np.maximum(kurt - 1, 0) / (4 * ess))
+        off_mean = np.abs(raw_mean - mean) / sd > RAW_BIAS_TOL + _MC_ALLOWANCE * se_mean
+        off_sd = np.abs(np.log(raw_sd / sd)) > np.log1p(RAW_BIAS_TOL) + _MC_ALLOWANCE * se_log_sd
+    judged = np.isfinite(mean) & np.isfinite(sd) & (sd > 0)
+    return raw_mean, raw_sd, judged & (off_mean | off_sd)
 
 
 def _se_per_run(values: np.ndarray) -> np.ndarray:
@@ -373,31 +514,97 @@ def _stratified_se(values: np.ndarray) -> float:
     return float(np.sqrt(np.sum(_se_per_run(values) ** 2)) / values.shape[0])
 
 
+_LEVELS = ("good", "usable with care", "unreliable")
+
+
+def _worse(level: str, cap: str) -> str:
+    return max(level, cap, key=_LEVELS.index)
+
+
+def fit_stopped_early(stop_reasons) -> tuple[list[int], list[int]]:
+    """Runs whose fit halted (stopped for non-finite values) and runs that were interrupted.
+
+    Args:
+        stop_reasons: ``post.stop_reasons``, one sentence per run.
+
+    Returns:
+        ``(halted, interrupted)``: lists of run indices. A run halted when its
+        reason starts with "stopped at step" or "stopped in epoch", or mentions
+        non-finite values; it was interrupted when its reason starts with
+        "interrupted" (Ctrl-C). Early stopping at a plateau and "completed all
+        steps" are neither.
+    """
+    halted, interrupted = [], []
+    for r, reason in enumerate(stop_reasons or ()):
+        text = str(reason).lower()
+        if text.startswith("interrupted"):
+            interrupted.append(r)
+        elif text.startswith(("stopped at step", "stopped in epoch")) or "non-finite" in text:
+            halted.append(r)
+    return halted, interrupted
+
+
+def _first_clause(reason: str) -> str:
+    return str(reason).split(":")[0].strip()
+
+
+def _runs(indices: list[int], num_runs: int) -> str:
+    return "" if num_runs == 1 else f"run{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))} "
+
+
 def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray | None = None,
-          elbo_se_runs: np.ndarray | None = None, names=None) -> str:
-    """The verdict in words, from k-hat (Yao et al. 2018 thresholds) and, with runs, R-hat.
+          elbo_se_runs: np.ndarray | None = None, names=None, stop_reasons=None, num_zero_weights: int = 0,
+          num_nonfinite_weights: int = 0, num_weights: int | None = None,
+          raw_biased: np.ndarray | None = None) -> str:
+    """The verdict in words, from k-hat (Yao et al. 2018 thresholds) and what else is known of the fit.
+
+    k-hat sets the level: < 0.5 "good", 0.5-0.7 "usable with care", > 0.7 or
+    not estimable (NaN, ``+inf``) "unreliable". ``-inf`` (constant weights) is
+    "good". Then the level only gets worse:
+
+    - "unreliable": some weight is ``+inf`` or NaN; runs disagree (R-hat > 1.1);
+      a run halted (`fit_stopped_early`);
+    - at most "usable with care": more than `ZERO_WEIGHT_SHARE` of the weights
+      are zero; a run was interrupted; the raw draws are biased (``raw_biased``;
+      only judged when k-hat <= 0.7, since otherwise the PSIS estimates are no
+      reference).
 
     Args:
         k_hat: Pareto k-hat of the importance weights.
         rhat: ``(dim,)`` R-hat across runs, or None.
         elbo_runs: ``(runs,)`` per-run ELBOs, or None.
         elbo_se_runs: ``(runs,)`` their standard errors.
-        names: coordinate names for the R-hat message.
+        names: coordinate names (or labels) for the R-hat and bias messages.
+        stop_reasons: ``post.stop_reasons``, or None when unknown.
+        num_zero_weights: draws with zero weight (target log density ``-inf``).
+        num_nonfinite_weights: draws with weight ``+inf`` or NaN.
+        num_weights: all draws (needed for the zero-weight share; default:
+            the zero weights are not judged).
+        raw_biased: ``(dim,)`` bool from `raw_bias`, or None.
 
     Returns:
-        A sentence or three; the first word(s) are "good", "usable with care" or "unreliable".
+        A sentence or several; the first word(s) are "good", "usable with care" or "unreliable".
     """
     disagree = rhat is not None and np.nanmax(rhat) > RHAT_MAX
-    # With runs that disagree, good weights only say that each run fits what it covers.
-    trust = ("" if disagree else
+    halted, interrupted = fit_stopped_early(stop_reasons)
+    num_runs = len(stop_reasons) if stop_reasons is not None else (len(elbo_runs) if elbo_runs is not None else 1)
+    zero_share = num_zero_weights / num_weights if num_weights else 0.0
+    material_zeros = zero_share > ZERO_WEIGHT_SHARE
+    # Good weights only say that each run fits what it covers (runs that disagree), and say
+    # nothing of a fit that failed or of the mass on impossible points.
+    trust = ("" if disagree or halted or num_nonfinite_weights or material_zeros else
              "; the ELBO, the log Z estimate and importance-weighted estimates are reliable")
+    k_judged = not (np.isnan(k_hat) or k_hat > K_UNRELIABLE)
     if np.isnan(k_hat) or k_hat == np.inf:
         level = "unreliable"
-        text = ("Pareto k-hat could not be estimated (too few distinct finite weights): the flow "
-                "and the target hardly overlap.")
+        text = ("Pareto k-hat could not be estimated (too few distinct finite weights, or an infinite "
+                "one): the flow and the target hardly overlap.")
     elif k_hat == -np.inf:
         level = "good"
-        text = f"the importance weights are constant: the flow matches the target up to a constant{trust}."
+        text = (f"the importance weights are constant: the flow matches the target up to a constant{trust}."
+                if not num_zero_weights else
+                "the non-zero importance weights are constant: where the target has mass, the flow matches "
+                f"it up to a constant{trust}.")
     elif k_hat < K_GOOD:
         level = "good"
         text = f"Pareto k-hat {k_hat:.2f} < {K_GOOD}: the importance weights are well behaved{trust}."
@@ -412,6 +619,42 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
                 "narrow, wrongly shaped, or missing a mode); the ELBO, the log Z estimate and the draws "
                 "should not be trusted. Fit longer, use a more flexible flow, or try several runs.")
     notes = []
+    if halted:
+        level = "unreliable"
+        which = "; ".join(f"{_runs([r], num_runs)}{_first_clause(stop_reasons[r])}" for r in halted)
+        notes.append(f"The fit halted ({which}; see post.stop_reasons): these diagnostics describe the flow "
+                     "where it stopped, not a trained one. Fix the cause and fit again.")
+    if interrupted:
+        level = _worse(level, "usable with care")
+        which = "; ".join(f"{_runs([r], num_runs)}{_first_clause(stop_reasons[r])}" for r in interrupted)
+        notes.append(f"The fit did not finish ({which}): these diagnostics describe a partly trained flow.")
+    if num_nonfinite_weights:
+        level = "unreliable"
+        notes.append(f"{num_nonfinite_weights} importance weight(s) are infinite (the target's log density is "
+                     "+inf at those draws): the target is unbounded there, and no estimate from the weights "
+                     "means anything.")
+    if num_zero_weights and num_weights:
+        share = f"{num_zero_weights} of {num_weights} draws ({100 * zero_share:.3g}%)"
+        if material_zeros:
+            level = _worse(level, "usable with care")
+            notes.append(f"{share} have zero weight (the target's log density is -inf there): the flow puts "
+                         "mass where the target has none, so the raw draws include impossible points and the "
+                         "ELBO is -inf. Use the PSIS-corrected estimates or resample=True, and give the flow "
+                         "an unconstrained target (transform constrained coordinates to R).")
+        else:
+            notes.append(f"{share} have zero weight (the target's log density is -inf there; at most "
+                         f"{100 * ZERO_WEIGHT_SHARE:g}% is tolerated).")
+    biased = np.flatnonzero(raw_biased) if raw_biased is not None and k_judged else np.zeros(0, int)
+    if biased.size:
+        level = _worse(level, "usable with care")
+        shown = [names[i] if names is not None else f"x[{i}]" for i in biased[:3]]
+        more = f" and {biased.size - 3} more" if biased.size > 3 else ""
+        fine = k_hat < K_GOOD and not (num_nonfinite_weights or material_zeros)
+        notes.append(f"{'The weights are fine but the' if fine else 'The'} raw draws are biased: use "
+                     f"resample=True (or the PSIS-corrected estimates). For {', '.join(shown)}{more} "
+                     f"the raw mean or sd differs from the PSIS-corrected one by more than {RAW_BIAS_TOL:g} PSIS "
+                     f"sd (or a factor {1 + RAW_BIAS_TOL:g} in sd) beyond Monte Carlo error (the flow is too wide, "
+                     "shifted or wrongly shaped there).")
     if disagree:
         level = "unreliable"
         worst = int(np.nanargmax(rhat))
@@ -432,5 +675,6 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
     return f"{level}: {' '.join([text, *notes])}"
 
 
-__all__ = ["Diagnostics", "K_GOOD", "K_UNRELIABLE", "RHAT_MAX", "across_runs", "diagnose", "from_draws",
-           "importance_draws", "judge", "psis"]
+__all__ = ["RAW_BIAS_TOL", "ZERO_WEIGHT_SHARE", "Diagnostics", "K_GOOD", "K_UNRELIABLE", "RHAT_MAX",
+           "across_runs", "diagnose", "fit_stopped_early", "from_draws", "importance_draws", "judge", "psis",
+           "raw_bias"]
