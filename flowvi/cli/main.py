@@ -60,6 +60,8 @@ EXIT_STATUS = ("exit status: 0 success; 1 the fit or its diagnostics failed, or 
                "option, an --out that cannot be written, no netCDF engine for posterior.nc), found before "
                "fitting; 130 interrupted (Ctrl-C): the fit stops at the end of its current chunk and the "
                "outputs are written for the fit so far (a second Ctrl-C aborts without them).")
+NUMPY_NAN_NOTES = (r"(invalid value|divide by zero|overflow) encountered|All-NaN (slice|axis)|Mean of empty slice|"
+                   r"Degrees of freedom")
 OUT_HELP = ("output directory, created if missing (default {default}); outputs already in it are replaced: each "
             "is written to a temporary file beside it and renamed over the old one, so a failed write leaves "
             "the old file")
@@ -388,6 +390,8 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         # Warnings are messages to the user here (a halted run, an interrupt): one line each, always shown.
         warnings.simplefilter("default")
+        # numpy's notes on NaN arithmetic (a diverged fit's diagnostics): the NaN shows in the table itself.
+        warnings.filterwarnings("ignore", NUMPY_NAN_NOTES, RuntimeWarning)
         warnings.showwarning = _show_warning
         post = _fit(model, args, target, data, flow, hyper, fit_key)
         return _write_outputs(model, args, post, out, data, draws, diag_key, plot_key)
