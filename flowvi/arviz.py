@@ -8,7 +8,8 @@ Groups: ``posterior`` (named, constrained variables with dims ``(chain, draw,
 record how the fit was made and how good it is (k-hat, log Z, ELBO).
 
 ArviZ 0.x returns an ``arviz.InferenceData``; ArviZ 1.x an ``xarray.DataTree``
-with the same groups.
+with the same groups. `write_netcdf` writes either to a netCDF file, atomically,
+with the engine `netcdf_engine` finds.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi._version import __version__
-from flowvi.diagnostics import _analyse, arviz_major, importance_draws
+from flowvi.diagnostics import Diagnostics, _analyse, arviz_major, importance_draws
 from flowvi.validation import as_key, check_positive_int
 
 
 def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = False,
              var_name: str = "x", dims: dict | None = None, coords: dict | None = None,
-             log_likelihood: bool = True, posterior_predictive: bool = False):
+             log_likelihood: bool = True, posterior_predictive: bool = False,
+             diagnostics: Diagnostics | None = None):
     """Draws of every run as ArviZ data: chain = run, draw = draw.
+
+    The draws are those of ``post.diagnose(key, num_draws)`` (the same key and
+    number give the same draws), and the attributes hold their diagnostics.
 
     Args:
         post: a `flowvi.Posterior`.
@@ -48,13 +53,18 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
             model's observed sites.
         posterior_predictive: include draws of the observed sites given each
             posterior draw (NumPyro models).
+        diagnostics: the `flowvi.diagnostics.Diagnostics` that
+            ``post.diagnose(key, num_draws)`` returned, to record exactly what
+            was printed (its verdict, k-hat, ELBO, log Z) rather than recompute
+            them; it must come from the same key and `num_draws`.
 
     Returns:
         ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
 
     Raises:
-        ValueError: ``resample=True`` without a target, or
-            ``posterior_predictive=True`` for a target that is not a NumPyro model.
+        ValueError: ``resample=True`` without a target,
+            ``posterior_predictive=True`` for a target that is not a NumPyro model,
+            or `diagnostics` from other draws than these.
 
     Examples:
         >>> import jax, flowvi
@@ -65,7 +75,11 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         (2, 100, 2)
     """
     num_draws = check_positive_int("num_draws", num_draws)
-    draw_key, resample_key, predict_key = jax.random.split(as_key(key), 3)
+    draw_key = as_key(key)  # the key of `diagnose`: the same draws
+    resample_key, predict_key = jax.random.fold_in(draw_key, 1), jax.random.fold_in(draw_key, 2)
+    if diagnostics is not None and not isinstance(diagnostics, Diagnostics):
+        raise ValueError(f"diagnostics must be the Diagnostics that post.diagnose(key, num_draws) returned, "
+                         f"got {type(diagnostics).__name__}.")
     target = post.target
     runs = post.num_runs
     if posterior_predictive and (target is None or not target.observed_data()):
@@ -73,6 +87,9 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
                          "with observed sites: a plain log density has no observed sites to predict.")
     diag = None
     if target is None:
+        if diagnostics is not None:
+            raise ValueError("diagnostics= needs a Posterior with a target (these draws have no importance "
+                             "weights).")
         if resample:
             raise ValueError("resample=True needs the target's log density, and this Posterior has none "
                              "(a fit_samples fit, or flowvi.load without target=).")
@@ -83,6 +100,9 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         x, log_p, log_q = importance_draws(post, draw_key, num_draws)
         diag, smoothed = _analyse(x, log_p, log_q, names=target.names, iw_k=None, stop_reasons=post.stop_reasons,
                                   labels=target.labels, unconstrained=target.site_shapes is not None)
+        if diagnostics is not None:
+            _check_same_draws(diagnostics, diag)
+            diag = diagnostics
         stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q, "log_weight_psis": smoothed}
         if resample:
             idx = _systematic_resample(resample_key, smoothed)
@@ -118,6 +138,18 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         return arviz.from_dict(groups, dims=dims, coords=coords, attrs=per_group)
     return arviz.from_dict(**groups, dims=dims, coords=coords, attrs=dict(attrs),
                            posterior_attrs=dict(attrs), sample_stats_attrs=dict(attrs))
+
+
+def _check_same_draws(given: Diagnostics, own: Diagnostics) -> None:
+    """Raise unless `given` was computed from the draws that gave `own`."""
+    same = (given.num_draws == own.num_draws and given.num_runs == own.num_runs
+            and np.allclose([given.elbo, given.k_hat], [own.elbo, own.k_hat], rtol=1e-9, atol=0.0,
+                            equal_nan=True))
+    if not same:
+        raise ValueError(f"diagnostics come from other draws than this export ({given.num_runs} runs x "
+                         f"{given.num_draws} draws, ELBO {given.elbo:.6g}, k-hat {given.k_hat:.4g}; these draws: "
+                         f"{own.num_runs} x {own.num_draws}, ELBO {own.elbo:.6g}, k-hat {own.k_hat:.4g}): pass "
+                         "the key and num_draws given to post.diagnose.")
 
 
 def _systematic_resample(key: jax.Array, log_weights: np.ndarray) -> np.ndarray:
@@ -171,4 +203,46 @@ def _attrs(post, diag, num_draws: int, resample: bool) -> dict[str, Any]:
     return attrs
 
 
-__all__ = ["to_arviz"]
+NETCDF_ENGINES = ("h5netcdf", "netcdf4")
+"""The netCDF engines ArviZ data can be written with, in the order `netcdf_engine` tries them."""
+
+
+def netcdf_engine() -> str | None:
+    """The first netCDF engine that imports (``"h5netcdf"``, which needs h5py, or ``"netcdf4"``), or None."""
+    import importlib
+
+    for engine, modules in (("h5netcdf", ("h5netcdf", "h5py")), ("netcdf4", ("netCDF4",))):
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except ImportError:
+            continue
+        return engine
+    return None
+
+
+def missing_netcdf_engine() -> str:
+    """Why ArviZ data cannot be written to netCDF here, in one sentence."""
+    return ("writing ArviZ data to netCDF (posterior.nc) needs the h5netcdf package (with h5py) or netCDF4, "
+            "and neither imports here: install h5netcdf (pip install h5netcdf).")
+
+
+def write_netcdf(data, path) -> None:
+    """Write ArviZ data (`to_arviz`'s result) to the netCDF file `path`, atomically.
+
+    The file is written beside `path` and renamed onto it (`flowvi.io.atomic_write`),
+    so a write that fails halfway leaves a previous file as it was.
+
+    Raises:
+        RuntimeError: no netCDF engine is installed (see `missing_netcdf_engine`).
+        OSError: the file could not be written.
+    """
+    from flowvi.io import atomic_write
+
+    engine = netcdf_engine()
+    if engine is None:
+        raise RuntimeError(missing_netcdf_engine())
+    atomic_write(path, lambda name: data.to_netcdf(name, engine=engine))
+
+
+__all__ = ["missing_netcdf_engine", "netcdf_engine", "to_arviz", "write_netcdf"]

@@ -6,9 +6,15 @@ to its base samples, and the importance-weight tail with its Pareto k-hat.
 Every function draws on the axes it is given (or on new ones) and returns them
 (`losses`, `weights`: an ``Axes``; `density`, `transformation`: a ``Figure``).
 Functions that draw need a key; without one they use ``jax.random.key(0)``.
+
+A fit that diverged can leave NaN or infinite losses, draws, densities or
+weights: every function leaves those out and says on the figure how many it
+left out, and a panel with nothing left to draw says why instead of failing.
 """
 
 from __future__ import annotations
+
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +40,12 @@ def _new_axes(num: int, axes, width: float = 4.0):
     return axes[0].figure, axes
 
 
+def _note(ax, text: str) -> None:
+    """Write on `ax` why (part of) it is empty."""
+    ax.text(0.5, 0.5, textwrap.fill(text, 44), transform=ax.transAxes, ha="center", va="center",
+            fontsize="small", color="C3")
+
+
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or len(values) < window:
         return values
@@ -55,19 +67,31 @@ def losses(post, ax=None, *, smooth: int | None = None):
     """
     _, (ax,) = _new_axes(1, None if ax is None else [ax], width=5.0)
     traces = np.atleast_2d(np.asarray(post.losses, dtype=np.float64))
+    if traces.size == 0:
+        traces = np.zeros((1, 0))
     reverse_kl = post.settings.get("objective", "reverse_kl") == "reverse_kl"
     label = "negative ELBO" if reverse_kl else "training NLL"
-    shown = []
+    shown, left_out, total = [], 0, 0
+    ran = np.asarray(post.steps_run).reshape(-1)
     for r, trace in enumerate(traces):
-        trace = trace[np.isfinite(trace)]
-        if trace.size == 0:
+        if len(traces) > 1 and r < ran.size:
+            trace = trace[:int(ran[r])]  # the rest is padding
+        finite = np.isfinite(trace)
+        left_out, total = left_out + int(trace.size - finite.sum()), total + trace.size
+        if not finite.any():
             continue
+        steps, trace = np.flatnonzero(finite) + 1, trace[finite]
         window = smooth if smooth is not None else max(1, trace.size // 50)
-        steps = np.arange(1, trace.size + 1)
         line, = ax.plot(steps, trace, alpha=0.25, linewidth=0.8)
         ax.plot(steps, _moving_average(trace, window), color=line.get_color(), linewidth=1.6,
                 label=f"run {r}" if len(traces) > 1 else label)
         shown.append(trace[trace.size // 10:])
+    if not shown:
+        _note(ax, f"no finite loss to draw: {f'all {total} losses are NaN or infinite' if total else 'no steps ran'}"
+                  f" ({post.stop_reason})")
+    elif left_out:
+        ax.text(0.02, 0.02, f"{left_out} of {total} losses NaN or infinite (not drawn)", transform=ax.transAxes,
+                fontsize="small", color="C3")
     if shown:
         # Early steps of a fit can be orders of magnitude above the rest: keep the plateau readable.
         tail = np.concatenate(shown)
@@ -77,15 +101,31 @@ def losses(post, ax=None, *, smooth: int | None = None):
     ax.set_xlabel("step" if reverse_kl else "epoch")
     ax.set_ylabel(label)
     ax.set_title(f"{post.flow.name}: {label}" + (f", {len(traces)} runs" if len(traces) > 1 else ""))
-    ax.legend(loc="upper right", fontsize="small")
+    if shown:
+        ax.legend(loc="upper right", fontsize="small")
     return ax
 
 
-def _bounds(post, key, num_draws: int) -> np.ndarray:
-    x = np.asarray(post.sample_runs(key, -(-num_draws // post.num_runs))[0]).reshape(-1, post.dim)
-    low, high = np.quantile(x, 0.005, axis=0), np.quantile(x, 0.995, axis=0)
-    pad = 0.25 * (high - low) + 1e-6
-    return np.stack([low - pad, high + pad], axis=1)
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x: (n, d)`` whose every entry is finite."""
+    return x[np.all(np.isfinite(x), axis=1)]
+
+
+def _bounds(post, key, num_draws: int) -> tuple[np.ndarray | None, str]:
+    """``(dim, 2)`` plot bounds from the flow's finite draws (None when there are too few), and a note."""
+    x = np.asarray(post.sample_runs(key, -(-num_draws // post.num_runs))[0], dtype=np.float64).reshape(-1, post.dim)
+    good = _finite_rows(x)
+    bad = len(x) - len(good)
+    if len(good) < 2:
+        return None, f"nothing to draw: {bad} of {len(x)} draws of the flow are NaN or infinite"
+    low, high = np.quantile(good, 0.005, axis=0), np.quantile(good, 0.995, axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        pad = 0.25 * (high - low) + 1e-6
+        bounds = np.stack([low - pad, high + pad], axis=1)
+    if not np.all(np.isfinite(bounds)) or not np.all(bounds[:, 1] > bounds[:, 0]):
+        span = ", ".join(f"{a:.3g} to {b:.3g}" for a, b in zip(low, high, strict=True))
+        return None, f"nothing to draw: the flow's draws ({span}) give no usable plot range"
+    return bounds, (f"{bad} of {len(x)} draws NaN or infinite (left out of the bounds)" if bad else "")
 
 
 def density(post, key=None, *, bounds=None, grid: int = 120, num_draws: int = 2000, axes=None):
@@ -110,25 +150,50 @@ def density(post, key=None, *, bounds=None, grid: int = 120, num_draws: int = 20
     """
     if post.dim != 2:
         raise ValueError(f"density plots need a 2-D target; this one has dim={post.dim}.")
-    bounds = _bounds(post, _key(key), num_draws) if bounds is None else np.asarray(bounds, dtype=np.float64)
-    if bounds.shape != (2, 2):
-        raise ValueError(f"bounds must be ((x0_min, x0_max), (x1_min, x1_max)), got {bounds.tolist()}.")
-    g0, g1 = np.linspace(*bounds[0], grid), np.linspace(*bounds[1], grid)
-    mesh = np.stack(np.meshgrid(g0, g1), axis=-1).reshape(-1, 2)
-    panels = [("flow q(x)", np.exp(np.asarray(post.log_prob(jnp.asarray(mesh)), dtype=np.float64)))]
-    if post.target is not None:
-        log_p = np.asarray(_log_density_batch(post.target.log_density, jnp.asarray(mesh)), dtype=np.float64)
-        p = np.exp(log_p - np.max(log_p[np.isfinite(log_p)]))
-        cell = (g0[1] - g0[0]) * (g1[1] - g1[0])
-        panels.append(("target p(x), normalised on the grid", p / (np.nansum(p) * cell)))
-    fig, axes = _new_axes(len(panels), axes)
-    vmax = max(np.nanmax(values) for _, values in panels)
+    note = ""
+    if bounds is None:
+        bounds, note = _bounds(post, _key(key), num_draws)
+    else:
+        bounds = np.asarray(bounds, dtype=np.float64)
+        if bounds.shape != (2, 2) or not np.all(np.isfinite(bounds)) or not np.all(bounds[:, 1] > bounds[:, 0]):
+            raise ValueError(f"bounds must be ((x0_min, x0_max), (x1_min, x1_max)) with finite min < max, "
+                             f"got {bounds.tolist()}.")
+    titles = ["flow q(x)"] + (["target p(x), normalised on the grid"] if post.target is not None else [])
+    fig, axes = _new_axes(len(titles), axes)
     names = post.target.names if post.target is not None else ["x[0]", "x[1]"]
-    for ax, (title, values) in zip(axes, panels, strict=True):
-        ax.pcolormesh(g0, g1, values.reshape(grid, grid), shading="auto", cmap="viridis", vmin=0, vmax=vmax)
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
+    if bounds is None:
+        for ax in axes:
+            _note(ax, note)
+        return fig
+    g0, g1 = np.linspace(*bounds[0], grid), np.linspace(*bounds[1], grid)
+    mesh = np.stack(np.meshgrid(g0, g1), axis=-1).reshape(-1, 2)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        values = [np.exp(np.asarray(post.log_prob(jnp.asarray(mesh)), dtype=np.float64))]
+        empty = ["the flow's log density is NaN or infinite at every point of the grid"]
+        if post.target is not None:
+            log_p = np.asarray(_log_density_batch(post.target.log_density, jnp.asarray(mesh)), dtype=np.float64)
+            finite = np.isfinite(log_p)
+            p = np.exp(log_p - np.max(log_p[finite])) if finite.any() else np.full_like(log_p, np.nan)
+            cell = (g0[1] - g0[0]) * (g1[1] - g1[0])
+            values.append(p / (np.sum(p[finite]) * cell) if finite.any() else p)
+            empty.append("the target's log density is NaN or -inf at every point of the grid")
+    values = [np.ma.masked_invalid(v.reshape(grid, grid)) for v in values]
+    peaks = [float(v.max()) for v in values if v.count()]
+    vmax = max(peaks) if peaks and max(peaks) > 0 else 1.0
+    for ax, v, why in zip(axes, values, empty, strict=True):
+        if not v.count():
+            _note(ax, why)
+            continue
+        ax.pcolormesh(g0, g1, v, shading="auto", cmap="viridis", vmin=0, vmax=vmax)
+        if v.count() < v.size:
+            ax.text(0.02, 0.02, f"{v.size - v.count()} of {v.size} grid values NaN or infinite (blank)",
+                    transform=ax.transAxes, fontsize="small", color="C3")
+    if note:
+        axes[0].text(0.02, 0.95, note, transform=axes[0].transAxes, fontsize="small", color="C3")
     return fig
 
 
@@ -162,12 +227,20 @@ def transformation(post, key=None, *, num_points: int = 2000, run: int = 0, axes
     colours = hsv_to_rgb(np.stack([angle, 0.15 + 0.85 * radius, np.full(num_points, 0.9)], axis=1))
     fig, axes = _new_axes(2, axes)
     names = post.target.names if post.target is not None else [f"x[{i}]" for i in range(post.dim)]
-    for ax, points, title, labels in ((axes[0], u, "base u ~ N(0, I)", ["u[0]", "u[1]"]),
-                                      (axes[1], x, f"flow x = T(u), run {run}", names[:2])):
-        ax.scatter(points[:, 0], points[:, 1], c=colours, s=4, linewidths=0)
+    good = np.all(np.isfinite(x[:, :2]), axis=1)
+    for ax, points, ok, title, labels in ((axes[0], u, np.ones(num_points, bool), "base u ~ N(0, I)",
+                                           ["u[0]", "u[1]"]),
+                                          (axes[1], x, good, f"flow x = T(u), run {run}", names[:2])):
         ax.set_title(title)
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
+        if not ok.any():
+            _note(ax, f"nothing to draw: the flow sends all {num_points} points to NaN or infinity")
+            continue
+        ax.scatter(points[ok, 0], points[ok, 1], c=colours[ok], s=4, linewidths=0)
+        if not ok.all():
+            ax.text(0.02, 0.02, f"{int((~ok).sum())} of {num_points} points sent to NaN or infinity (not drawn)",
+                    transform=ax.transAxes, fontsize="small", color="C3")
     return fig
 
 
@@ -191,23 +264,39 @@ def weights(post, key=None, *, num_draws: int = 4000, ax=None):
     """
     _, (ax,) = _new_axes(1, None if ax is None else [ax], width=5.0)
     _, log_p, log_q = importance_draws(post, _key(key), num_draws)
-    log_w = (log_p - log_q).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        log_w = (log_p - log_q).reshape(-1)
+    drawn = log_w.size
+    usable = ~np.isnan(log_w) & (log_w != np.inf)  # -inf: a zero weight (the target is 0 there)
+    zero = int(np.sum(log_w == -np.inf))
+    ax.set_xlabel("rank of weight (1 = largest)")
+    ax.set_ylabel("log weight - log mean weight")
+    if np.sum(np.isfinite(log_w)) < 2:
+        ax.set_title("Pareto k-hat: not available")
+        _note(ax, f"no importance weights to draw: of {drawn} draws, {drawn - int(usable.sum())} have a NaN or "
+                  f"infinite weight and {zero} a zero weight (the flow's or the target's log density is "
+                  "non-finite there)")
+        return ax
+    log_w = log_w[usable]
     n = log_w.size
     smoothed, k_hat = psis(log_w)
     log_mean = np.logaddexp.reduce(log_w) - np.log(n)
     raw = np.sort(log_w)[::-1] - log_mean
     smooth = np.sort(smoothed)[::-1] + np.log(n)  # smoothed weights sum to 1: mean 1/n
-    shown = min(n, max(200, n // 5))
+    shown = min(int(np.sum(np.isfinite(raw))), max(200, n // 5))
     rank = np.arange(1, shown + 1)
     tail = int(np.ceil(min(n / 5.0, 3 * np.sqrt(n))))
     ax.axvspan(1, tail, color="0.9", label=f"tail fitted by PSIS ({tail} draws)")
     ax.scatter(rank, raw[:shown], s=6, color="C0", label="raw log weight")
     ax.plot(rank, smooth[:shown], color="C3", linewidth=1.5, label="PSIS-smoothed")
     ax.set_xscale("log")
-    ax.set_xlabel("rank of weight (1 = largest)")
-    ax.set_ylabel("log weight - log mean weight")
     level = "good" if k_hat < K_GOOD else "usable with care" if k_hat <= K_UNRELIABLE else "unreliable"
-    ax.set_title(f"Pareto k-hat = {k_hat:.2f} ({level})")
+    if np.isnan(k_hat):
+        level = "not estimable"
+    left_out = [f"{drawn - n} NaN or infinite (left out)"] if n < drawn else []
+    left_out += [f"{zero} zero"] if zero else []
+    ax.set_title(f"Pareto k-hat = {k_hat:.2f} ({level})"
+                 + (f"\nof {drawn} weights: {', '.join(left_out)}" if left_out else ""))
     ax.legend(loc="upper right", fontsize="small")
     return ax
 

@@ -164,7 +164,17 @@ class Posterior:
         return out[0] if x.ndim == 1 else out
 
     def save(self, path) -> None:
-        """Write the fit to `path` (arrays and JSON metadata in an npz archive; no pickle)."""
+        """Write the fit to `path` (arrays and JSON metadata in an npz archive; no pickle).
+
+        The file is written to a temporary file beside `path` and renamed onto
+        it, so a write that fails halfway leaves a previous file as it was. A
+        fit of a target also stores its fingerprint (dim, names, log density at
+        a few points), which `flowvi.load` checks against the target it is given.
+
+        Raises:
+            ValueError: a custom flow, or NaN or infinite parameters.
+            OSError: the file could not be written (a previous one is unchanged).
+        """
         io.save(self, path)
 
     def __repr__(self) -> str:
@@ -183,15 +193,19 @@ class Posterior:
 
     def to_arviz(self, key: jax.Array, num_draws: int = 1000, *, resample: bool = False, var_name: str = "x",
                  dims: dict | None = None, coords: dict | None = None, log_likelihood: bool = True,
-                 posterior_predictive: bool = False):
+                 posterior_predictive: bool = False, diagnostics=None):
         """Draws as ArviZ data, chain = run; see `flowvi.arviz.to_arviz`.
+
+        With the key and `num_draws` given to `diagnose`, the draws are the ones
+        it diagnosed; pass its result as `diagnostics` to record it unchanged.
 
         Returns:
             ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
         """
         from flowvi.arviz import to_arviz  # the ArviZ adapter, loaded on first use
         return to_arviz(self, key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
-                        log_likelihood=log_likelihood, posterior_predictive=posterior_predictive)
+                        log_likelihood=log_likelihood, posterior_predictive=posterior_predictive,
+                        diagnostics=diagnostics)
 
 
 def load(path, target: Target | Any = None) -> Posterior:
@@ -206,6 +220,12 @@ def load(path, target: Target | Any = None) -> Posterior:
         A `Posterior` that gives the same draws for the same key as the saved one.
 
     Raises:
-        ValueError: the file is not a flowvi file, or `target` has another dim.
+        ValueError: the file is not a flowvi file, is damaged (a missing field,
+            parameters of the wrong shape or dtype, NaN or infinite ones), or
+            `target` has another dim.
+
+    Warns:
+        UserWarning: `target` differs from the one the fit was saved with
+            (other names, or another log density at the points stored with the fit).
     """
     return Posterior(**io.read(path, target))

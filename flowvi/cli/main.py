@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import os
 import pathlib
 import sys
+import tempfile
 import textwrap
+import warnings
 
 from flowvi import flows
 from flowvi.cli.model_file import ModelFile, ModelFileError, load_model_file
@@ -51,7 +54,17 @@ HYPERPARAMETER_FLAGS = {name: name for name in HYPERPARAMETERS}
 DEMO_MODEL = "banana"
 DEMO_DEFAULTS = {"flow": "spline_coupling", "steps": 2000, "num_samples": 256, "runs": 2,
                  "draws": 2000, "out": "runs/demo"}
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_STATUS = ("exit status: 0 success; 1 the fit or its diagnostics failed, or an output could not be written; "
+               "2 bad input (a missing model file, a file that fails to import or defines no target, an invalid "
+               "option, an --out that cannot be written, no netCDF engine for posterior.nc), found before "
+               "fitting; 130 interrupted (Ctrl-C): the fit stops at the end of its current chunk and the "
+               "outputs are written for the fit so far (a second Ctrl-C aborts without them).")
+NUMPY_NAN_NOTES = (r"(invalid value|divide by zero|overflow) encountered|All-NaN (slice|axis)|Mean of empty slice|"
+                   r"Degrees of freedom")
+OUT_HELP = ("output directory, created if missing (default {default}); outputs already in it are replaced: each "
+            "is written to a temporary file beside it and renamed over the old one, so a failed write leaves "
+            "the old file")
 
 
 class CliError(Exception):
@@ -66,9 +79,11 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with `argv` (default ``sys.argv[1:]``); return the exit status.
 
-    Exit status: 0 success; 1 the fit or its diagnostics failed; 2 bad input
-    (a missing model file, one that fails to import or defines no target, or an
-    invalid option), with a one-line reason on stderr.
+    Exit status: 0 success; 1 the fit or its diagnostics failed, or an output
+    could not be written; 2 bad input (a missing model file, one that fails to
+    import or defines no target, an invalid option, an unusable ``--out``, no
+    netCDF engine), found before fitting, with a one-line reason on stderr;
+    130 interrupted by Ctrl-C (the outputs hold the fit so far).
     """
     parser = build_parser()
     try:
@@ -105,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
               flowvi fit models/eight_schools.py --flow spline_coupling --steps 5000 --runs 4 --seed 0 \\
                   --out runs/eight_schools
 
-            exit status: 0 success; 1 the fit or its diagnostics failed; 2 bad input (missing model
-            file, a file that fails to import or defines no target, an invalid option)."""))
+            """) + "\n" + textwrap.fill(EXIT_STATUS, 100))
     parser.add_argument("--version", action="version", version=f"flowvi {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{fit,demo}", parser_class=_Parser)
 
@@ -123,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
             across runs) and az.summary, and write to --out: posterior.nc (ArviZ InferenceData),
             report.png (loss traces, density or pair plot, importance-weight tail) and flow.flowvi
             (the fit; reload with flowvi.load)."""),
-        epilog="exit status: 0 success; 1 the fit or its diagnostics failed; 2 bad input.")
+        epilog=textwrap.fill(EXIT_STATUS, 100))
     fit.add_argument("model", metavar="MODEL_FILE", help="Python file defining the target, e.g. models/banana.py")
     _add_options(fit, DEFAULTS, out_default="runs/<name of the model file>")
 
@@ -189,7 +203,7 @@ def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
                      f"(default {d['seed']})")
     out.add_argument("--draws", type=_positive_int,
                      help=f"draws per run for diagnostics and posterior.nc (default {d['draws']})")
-    out.add_argument("--out", metavar="DIR", help=f"output directory (default {out_default})")
+    out.add_argument("--out", metavar="DIR", help=OUT_HELP.format(default=out_default))
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("--traceback", action="store_true",
                      help="on an error, show the full Python traceback instead of one line")
@@ -351,11 +365,8 @@ def _check_kind_options(args: argparse.Namespace, model: ModelFile) -> None:
 def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
     """Fit, diagnose, export and report one model file; return the exit status."""
     import jax
-    import numpy as np
 
-    import flowvi
-
-    print(f"flowvi: {model.path} defines {model.describe()}")
+    print(f"flowvi: {model.path} defines {model.describe()}", flush=True)
     _check_kind_options(args, model)
     samples = model.kind == "samples"
     data = model.samples() if samples else None
@@ -369,10 +380,69 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
         print(f"flowvi: {dim} unconstrained coordinate{'s' if dim != 1 else ''}: "
               f"{', '.join(names[:8])}{', ...' if dim > 8 else ''}")
     out = pathlib.Path(args.out or f"runs/{model.name}")
+    _check_out(out, args.command)
     seed = DEFAULTS["seed"] if args.seed is None else args.seed
     draws = args.draws or DEFAULTS["draws"]
-    fit_key, diag_key, export_key, plot_key = jax.random.split(jax.random.key(seed), 4)
+    # The diagnostics, the export and the weights panel share diag_key: the same draws, the same verdict.
+    fit_key, diag_key, _, plot_key = jax.random.split(jax.random.key(seed), 4)
+    sys.stdout.flush()  # what was said so far comes before the progress lines on stderr
 
+    with warnings.catch_warnings():
+        # Warnings are messages to the user here (a halted run, an interrupt): one line each, always shown.
+        warnings.simplefilter("default")
+        # numpy's notes on NaN arithmetic (a diverged fit's diagnostics): the NaN shows in the table itself.
+        warnings.filterwarnings("ignore", NUMPY_NAN_NOTES, RuntimeWarning)
+        warnings.showwarning = _show_warning
+        post = _fit(model, args, target, data, flow, hyper, fit_key)
+        return _write_outputs(model, args, post, out, data, draws, diag_key, plot_key)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stdout.flush()
+    print(f"flowvi: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_out(out: pathlib.Path, command: str) -> None:
+    """Check, before fitting, that the outputs can be written to `out`; else a CliError (one line).
+
+    `out` must be (or be creatable as) a writable folder with no folder named like an output,
+    and posterior.nc needs a netCDF engine. Outputs already there are named as to be replaced.
+    """
+    def fail(why: str):
+        raise CliError(f"flowvi {command}: error: --out {str(out)!r} {why}")
+
+    if out.exists() and not out.is_dir():
+        fail("is a file, not a folder; give a folder (it is created if missing).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"cannot be created: {err.strerror or err}.")
+    folders = [name for name in OUTPUTS if (out / name).exists() and not (out / name).is_file()]
+    if folders:
+        fail(f"holds {', '.join(folders)} as {'a folder' if len(folders) == 1 else 'folders'}, where flowvi "
+             "writes a file; remove it or choose another --out.")
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".flowvi-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        fail(f"is not writable: {err.strerror or err}.")
+    from flowvi.arviz import missing_netcdf_engine, netcdf_engine
+
+    if netcdf_engine() is None:
+        raise CliError(f"flowvi {command}: error: {missing_netcdf_engine()}")
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing:
+        print(f"flowvi: {out} already holds {', '.join(existing)}: {'it' if len(existing) == 1 else 'they'} "
+              "will be replaced by this fit's.")
+
+
+def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hyper: dict, fit_key):
+    """Run flowvi.fit or flowvi.fit_samples with the command's options; bad options become a CliError."""
+    import flowvi
+
+    samples = model.kind == "samples"
+    dim = data.shape[1] if samples else target.dim
     try:
         mesh = None if samples else _mesh(args.devices)
         flowvi.flows.make_flow(flow, dim, **hyper)
@@ -395,45 +465,87 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
         if args.traceback:
             raise
         raise CliError(f"flowvi {args.command}: error: {err}") from err
+    return post
 
+
+def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathlib.Path, data, draws: int,
+                   diag_key, plot_key) -> int:
+    """Print the diagnostics and write the three outputs (each atomically); return the exit status.
+
+    Whatever fails (the diagnostics of a diverged fit, one output) is said in one
+    line on stderr and the rest is still written; then the status is 1. An
+    interrupted fit gets its outputs too, and the status 130.
+    """
+    import numpy as np
+
+    from flowvi.arviz import write_netcdf
+    from flowvi.cli.report import report_figure, summary_table
+    from flowvi.io import atomic_write
+
+    samples = model.kind == "samples"
     unit = "epochs" if samples else "steps"
-    print(f"\nfit: {flow} flow ({post.flow.num_params()} parameters per run), {post.num_runs} "
+    print(f"\nfit: {post.flow.name} flow ({post.flow.num_params()} parameters per run), {post.num_runs} "
           f"run{'s' if post.num_runs > 1 else ''}, {'/'.join(map(str, post.steps_run.tolist()))} {unit} "
           f"in {post.fit_seconds:.1f} s; {post.stop_reason}")
     if int(np.sum(post.skipped_steps)):
         print(f"fit: {int(np.sum(post.skipped_steps))} step(s) skipped for non-finite loss or gradient")
-    out.mkdir(parents=True, exist_ok=True)
-    post.save(out / "flow.flowvi")
+    interrupted = any(reason.startswith("interrupted at") for reason in post.stop_reasons)
+    written, problems = [], []
 
+    def attempt(name: str, write) -> None:
+        try:
+            write(out / name)
+        except (OSError, ValueError, RuntimeError) as err:
+            if args.traceback:
+                raise
+            problems.append(f"{out / name} was not written: {err}")
+        else:
+            written.append(name)
+
+    attempt("flow.flowvi", post.save)
+    diag = idata = None
     try:
         if samples:
             print(_samples_summary(post))
         else:
+            diag = post.diagnose(diag_key, draws, iw_k=100 if draws >= 200 else None)
             print()
-            print(post.diagnose(diag_key, draws, iw_k=100 if draws >= 200 else None))
+            print(diag)
         reference = _reference(model)
         if reference:
             print(f"\n{reference}")
-        idata = post.to_arviz(export_key, draws)
+        # The same key and draws as the diagnostics just printed, and those diagnostics in its attributes.
+        idata = post.to_arviz(diag_key, draws, diagnostics=diag)
     except ValueError as err:
         if args.traceback:
             raise
-        print(f"flowvi {args.command}: the fit finished but its diagnostics failed: {err}\n"
-              f"flowvi {args.command}: wrote {out / 'flow.flowvi'} only.", file=sys.stderr)
-        return EXIT_FAILED
-
-    from flowvi.cli.report import report_figure, summary_table
-
-    print("\naz.summary of the posterior" + (" (constrained)" if model.kind == "numpyro" else "") + ":")
-    print(summary_table(idata, target))
-    idata.to_netcdf(str(out / "posterior.nc"))
+        problems.append(f"the fit finished but its diagnostics failed, so {out / 'posterior.nc'} was not "
+                        f"written: {err}")
+    if idata is not None:
+        print("\naz.summary of the posterior" + (" (constrained)" if model.kind == "numpyro" else "") + ":")
+        print(summary_table(idata, post.target))
+        attempt("posterior.nc", lambda path: write_netcdf(idata, path))
     fig = report_figure(post, idata, plot_key, diag_key, data=data, num_draws=draws)
-    fig.savefig(out / "report.png", dpi=100)
-    print(f"\nwrote {', '.join(str(out / f) for f in OUTPUTS)}")
-    reload = "" if samples else ", target=<the same target>"
-    print(f"reload with: flowvi.load({str(out / 'flow.flowvi')!r}{reload}); "
-          f"arviz.from_netcdf({str(out / 'posterior.nc')!r})")
-    return EXIT_OK
+    attempt("report.png", lambda path: atomic_write(path, lambda name: fig.savefig(name, dpi=100, format="png")))
+
+    if written:
+        print(f"\nwrote {', '.join(str(out / f) for f in OUTPUTS if f in written)}")
+        reloads = []
+        if "flow.flowvi" in written:
+            reloads.append(f"flowvi.load({str(out / 'flow.flowvi')!r}"
+                           f"{'' if samples else ', target=<the same target>'})")
+        if "posterior.nc" in written:
+            reloads.append(f"arviz.from_netcdf({str(out / 'posterior.nc')!r})")
+        if reloads:
+            print(f"reload with: {'; '.join(reloads)}")
+    sys.stdout.flush()
+    for problem in problems:
+        print(f"flowvi {args.command}: {problem}", file=sys.stderr)
+    if interrupted:
+        print(f"flowvi {args.command}: interrupted ({post.stop_reason}): the outputs hold the fit so far.",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 def _mesh(devices: int | None):
@@ -469,10 +581,14 @@ def _reference(model: ModelFile) -> str:
 def _samples_summary(post) -> str:
     import numpy as np
 
-    val = np.asarray(post.validation_losses)
+    val = np.asarray(post.validation_losses, dtype=np.float64)
+    head = "\nforward KL (no target density, so no ELBO, log Z, k-hat or R-hat):\n"
+    final = float(post.losses[-1]) if len(post.losses) else float("nan")
+    if not np.isfinite(val).any():
+        return (f"{head}  final training NLL   {final:.4f}\n"
+                "  best held-out NLL    none finite (the parameters are those the fit started from)")
     best = int(np.nanargmin(val))
-    return (f"\nforward KL (no target density, so no ELBO, log Z, k-hat or R-hat):\n"
-            f"  final training NLL   {float(post.losses[-1]):.4f}\n"
+    return (f"{head}  final training NLL   {final:.4f}\n"
             f"  best held-out NLL    {float(val[best]):.4f} (epoch {best + 1}; these parameters are kept)")
 
 

@@ -74,11 +74,13 @@ def report_figure(post, idata, key, weights_key, *, data: np.ndarray | None = No
     """The report figure: loss traces, weights tail, and the density (2-D) or a pair plot.
 
     The importance-weight tail needs a target; a fit to samples shows its data
-    beside the learned density instead.
+    beside the learned density instead. A diverged fit still gets its figure:
+    each panel leaves out NaN or infinite values and says so (see `flowvi.plots`).
 
     Args:
         post: the `flowvi.Posterior`.
-        idata: its ArviZ export (for the pair plot).
+        idata: its ArviZ export (for the pair plot), or None (the export
+            failed): the pair plot then shows the flat coordinates.
         key: PRNG key for the draws of the density panel.
         weights_key: PRNG key for the weights panel; the key given to
             `Posterior.diagnose` (with the same `num_draws`) shows the same k-hat.
@@ -120,7 +122,13 @@ def report_figure(post, idata, key, weights_key, *, data: np.ndarray | None = No
             plots.density(post, key, axes=axes[:1])
             _data_panel(axes[1], data, axes[0])
     else:
-        names, columns = pair_columns(idata, post.target)
+        if idata is not None:
+            names, columns = pair_columns(idata, post.target)
+        else:
+            x = np.asarray(post.sample_runs(key, -(-num_draws // post.num_runs))[0], dtype=np.float64)
+            names = (post.target.names if post.target is not None else
+                     [f"x[{i}]" for i in range(post.dim)])[:MAX_PAIR_COLUMNS]
+            columns = x.reshape(-1, post.dim)[:, :MAX_PAIR_COLUMNS]
         _pair_plot(fig, outer[1], names, columns)
     fig.suptitle(f"flowvi: {post.flow.name}, {post.num_runs} run{'s' if post.num_runs > 1 else ''}")
     return fig
@@ -142,10 +150,23 @@ def _data_panel(ax, data: np.ndarray | None, like) -> None:
 
 
 def _pair_plot(fig, spec, names: list[str], columns: np.ndarray) -> None:
-    """Lower triangle: 2-D histograms; diagonal: marginal histograms."""
+    """Lower triangle: 2-D histograms; diagonal: marginal histograms (of the draws that are finite)."""
     k = len(names)
+    finite = np.all(np.isfinite(columns), axis=1)
+    if finite.sum() < 2:
+        _text_panel(fig.add_subplot(spec), f"no pair plot: {int((~finite).sum())} of {len(columns)} draws "
+                                           "are NaN or infinite (the fit diverged).")
+        return
+    left_out = len(columns) - int(finite.sum())
+    columns = columns[finite]
     grid = spec.subgridspec(k, k)
     low, high = np.quantile(columns, [0.005, 0.995], axis=0)
+    flat = ~(high > low)  # one value (or one value in float64): give it a width
+    width = 0.5 * np.maximum(1.0, np.abs(low))
+    low, high = np.where(flat, low - width, low), np.where(flat, high + width, high)
+    if left_out:
+        fig.text(0.99, 0.01, f"pair plot: {left_out} of {len(finite)} draws NaN or infinite (left out)",
+                 ha="right", fontsize="small", color="C3")
     for i in range(k):
         for j in range(i + 1):
             ax = fig.add_subplot(grid[i, j])
