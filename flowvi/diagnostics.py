@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from scipy.special import logsumexp
 
-from flowvi.validation import as_key, check_positive_int
+from flowvi.validation import as_key, check_optional_positive_int, check_positive_int
 
 K_GOOD = 0.5
 """Pareto k-hat below this: the importance weights have finite variance; the fit is good."""
@@ -277,7 +277,7 @@ def diagnose(post, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 
         'good'
     """
     x, log_p, log_q = importance_draws(post, key, num_draws)
-    return from_draws(x, log_p, log_q, names=post.target.names, iw_k=iw_k)
+    return from_draws(x, log_p, log_q, names=post.target.labels, iw_k=iw_k)
 
 
 def from_draws(x: np.ndarray, log_p: np.ndarray, log_q: np.ndarray, *, names=None,
@@ -309,7 +309,8 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100) -> tuple[Diagnostics, np.
     names = tuple(names) if names is not None else tuple(f"x[{i}]" for i in range(dim))
     if len(names) != dim:
         raise ValueError(f"names has {len(names)} entries but the draws have dim={dim}.")
-    if iw_k is not None and (int(iw_k) < 1 or n < 2 * int(iw_k)):
+    iw_k = check_optional_positive_int("iw_k", iw_k)
+    if iw_k is not None and n < 2 * iw_k:
         raise ValueError(f"iw_k={iw_k} needs num_draws >= 2 * iw_k per run (got num_draws={n}); "
                          "pass a smaller iw_k, more draws, or iw_k=None to skip the bound.")
     bad_q = ~np.isfinite(log_q)
