@@ -55,7 +55,7 @@ import jax
 import numpy as np
 from scipy.special import logsumexp
 
-from flowvi.validation import as_key, check_positive_int
+from flowvi.validation import as_key, check_optional_positive_int, check_positive_int
 
 K_GOOD = 0.5
 """Pareto k-hat below this: the importance weights have finite variance; the fit is good."""
@@ -402,7 +402,8 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100, stop_reasons=None, labels
     if len(labels) != dim:
         raise ValueError(f"labels has {len(labels)} entries but the draws have dim={dim}.")
     stop_reasons = () if stop_reasons is None else tuple(str(r) for r in stop_reasons)
-    if iw_k is not None and (int(iw_k) < 1 or n < 2 * int(iw_k)):
+    iw_k = check_optional_positive_int("iw_k", iw_k)
+    if iw_k is not None and n < 2 * iw_k:
         raise ValueError(f"iw_k={iw_k} needs num_draws >= 2 * iw_k per run (got num_draws={n}); "
                          "pass a smaller iw_k, more draws, or iw_k=None to skip the bound.")
     bad_q = ~np.isfinite(log_q)

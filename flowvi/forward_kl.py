@@ -8,19 +8,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flowvi.flows import FAMILIES, Flow, make_flow, resolve_flow, with_final_affine
+from flowvi.flows import FAMILIES, Flow, make_flow, resolve_flow, standardised, with_standardisation
 from flowvi.host_loop import TrainingLoop
 from flowvi.objectives import negative_log_likelihood
 from flowvi.posterior import Posterior
 from flowvi.schedules import default_optimizer
 from flowvi.training import guarded_step, init_state
-from flowvi.validation import as_key, check_positive_float, check_positive_int
+from flowvi.validation import as_key, check_bool, check_positive_float, check_positive_int
 
 FIT_SAMPLES_OPTIONS = ("flow", "key", "max_epochs", "patience", "batch_size", "learning_rate", "optimizer",
                        "validation_fraction", "progress", "max_bad_streak")
@@ -44,25 +45,33 @@ def check_data(data) -> np.ndarray:
     return arr
 
 
-def standardised_start(flow: Flow, params, data: np.ndarray):
-    """`params` with the flow's last affine layer set so that the untrained flow has the data's mean and sd.
+def data_moments(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and sds ``(dim,)`` of ``data: (n, dim)`` in float64, for standardising.
 
-    The untrained layers are the identity, so the flow is ``x = loc + scale * u``.
-    An inverted flow (``iaf``, ``bnaf`` fitted to samples) runs that layer on the
-    data-to-noise side, ``u = loc + scale * x``, so there ``loc = -m / s`` and
-    ``scale = 1 / s``. The moments are computed in float64 and the scale is
-    set through `flowvi.flows.base.raw_scale_of`, which does not overflow in float32.
+    Raises:
+        ValueError: a constant column (sd 0: the maximum-likelihood density is degenerate).
 
-    Args:
-        flow: the family instance.
-        params: its initial parameters.
-        data: ``(n, dim)`` training rows.
+    Warns:
+        UserWarning: a column whose sd is too small against its mean for float32
+            draws to resolve (``sd < 1e-5 |mean|``; centre the data first).
     """
     mean = data.mean(axis=0, dtype=np.float64)
-    sd = np.maximum(data.std(axis=0, dtype=np.float64), 1e-30)
-    if flow.options.get("inverted", False):
-        return with_final_affine(params, loc=-mean / sd, scale=1.0 / sd)
-    return with_final_affine(params, loc=mean, scale=sd)
+    sd = data.std(axis=0, dtype=np.float64)
+    constant = np.flatnonzero(~(sd > 0))
+    if constant.size:
+        raise ValueError(f"data has constant column(s) {constant[:5].tolist()}: a density fitted to them is a "
+                         "point mass (infinite likelihood); drop them or add the noise they were measured with.")
+    coarse = np.flatnonzero(sd < 1e-5 * np.abs(mean))
+    if coarse.size and jnp.result_type(float) == jnp.float32:
+        warnings.warn(f"data column(s) {coarse[:5].tolist()} vary by less than 1e-5 of their mean: float32 draws "
+                      "and densities there are quantised (the fit itself is done on standardised data). "
+                      "Subtract the mean first, or enable float64 (jax_enable_x64).", UserWarning, stacklevel=3)
+    return mean, sd
+
+
+def standardise(data: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> jax.Array:
+    """``(data - mean) / sd`` in float64, then as a JAX array of the default float type."""
+    return jnp.asarray((np.asarray(data, np.float64) - mean) / sd, jnp.result_type(float))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +114,18 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
 
     A random `validation_fraction` of the rows is held out; training stops when
     the held-out NLL has not improved for `patience` epochs, and the parameters
-    with the best held-out NLL are returned. The flow's last affine layer starts
-    at the data's mean and standard deviation. Families whose density at a new
-    point is not one pass (``iaf``, ``bnaf``) are used inverted (data to noise,
-    ``inverted=True``), so training costs one pass per batch; sampling them
-    then costs what their inverse costs.
+    with the best held-out NLL are returned (the start included). The flow is
+    fitted to the standardised data ``z = (data - mean) / sd`` (the training
+    rows' moments, in float64) and returned followed by the fixed map
+    ``x = mean + sd * z`` (`flowvi.flows.base.standardised`): the untrained flow
+    has the data's mean and sd, for columns of any finite scale and either
+    orientation. Families whose density at a new point is not one pass
+    (``iaf``, ``bnaf``) are used inverted (data to noise, ``inverted=True``), so
+    training costs one pass per batch; sampling them then costs what their
+    inverse costs.
 
     Args:
-        data: array ``(n, dim)``, finite.
+        data: array ``(n, dim)``, finite, no constant column.
         key: PRNG key; the same key gives the same fit.
         flow: family name or `flowvi.flows.Flow` (default ``"maf"``: one-pass density).
         max_epochs: maximum passes over the training rows.
@@ -126,8 +139,15 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
         **flow_hyperparameters: passed to the flow family.
 
     Returns:
-        A `Posterior` with ``target=None``; ``losses`` holds the training NLL per
-        epoch and ``validation_losses`` the held-out NLL per epoch.
+        A `Posterior` with ``target=None`` whose flow is the standardised family
+        (``post.flow.options["standardised"]``). ``losses`` holds the training
+        NLL of the data per epoch: the mean over the epoch's batches whose loss
+        was finite, NaN for an epoch in which none was. ``validation_losses``
+        holds the held-out NLL after each epoch (NaN where it was non-finite).
+
+    Warns:
+        RuntimeWarning: training halted or stopped on non-finite losses, or
+            steps were skipped or held-out NLLs non-finite (how many).
     """
     key = as_key(key)
     data = check_data(data)
@@ -140,58 +160,94 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
         raise ValueError(f"flow={flow.name!r} evaluates densities by numerical root finding, which has no "
                          "useful gradient; fit samples with flow='bnaf' (oriented automatically) or "
                          "make_flow('bnaf', dim, inverted=True).")
+    if flow.options.get("standardised", False):
+        raise ValueError("flow is already standardised (the flow of an earlier fit_samples result); pass its "
+                         "family name, or make_flow(name, dim, ...) without standardised=True.")
     max_epochs = check_positive_int("max_epochs", max_epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     max_bad_streak = check_positive_int("max_bad_streak", max_bad_streak)
     if patience is not None:
         patience = check_positive_int("patience", patience)
-    if not 0 < validation_fraction < 1:
+    if progress is not None:
+        check_bool("progress", progress)
+    validation_fraction = check_positive_float("validation_fraction", validation_fraction)
+    if not validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}.")
     custom_optimizer = optimizer is not None
     if optimizer is None:
         optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate), decay=False)
+    elif not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
 
     split_key, init_key, epoch_key = jax.random.split(key, 3)
     order = np.asarray(jax.random.permutation(split_key, n))
     n_val = max(1, int(round(n * validation_fraction)))
-    if n - n_val < 1:
-        raise ValueError(f"data has {n} rows: too few to hold out {validation_fraction:.0%} for validation.")
-    val, train = jnp.asarray(data[order[:n_val]]), jnp.asarray(data[order[n_val:]])
+    if n - n_val < 2:
+        raise ValueError(f"data has {n} rows: too few to hold out {validation_fraction:.0%} for validation "
+                         "and train on at least 2.")
+    mean, sd = data_moments(data[order[n_val:]])
+    val, train = standardise(data[order[:n_val]], mean, sd), standardise(data[order[n_val:]], mean, sd)
+    # NLL of x = NLL of z + sum(log sd): the log-determinant of the fixed standardising map.
+    log_det = float(np.sum(np.log(sd)))
     config = _ForwardKLConfig(flow, optimizer, min(batch_size, train.shape[0]), max_bad_streak)
 
     start = time.perf_counter()
-    params = standardised_start(flow, flow.init(init_key), np.asarray(train))
+    # Every layer starts at the identity, so the untrained flow is N(0, I): the standardised data's moments.
+    params = flow.init(init_key)
     state = init_state(params, optimizer)
     best_params, best_val = params, float(_mean_nll(flow, params, val))
+    best_epoch = 0
     train_losses, val_losses = [], []
     with TrainingLoop("flowvi.fit_samples", 1, max_epochs, "epoch", patience, progress,
                       f"completed all {max_epochs} epochs") as loop:
         for epoch in range(max_epochs):
             state, train_loss, bad_batches = _train_epoch(config, state, train, jax.random.fold_in(epoch_key, epoch))
-            val_loss = float(_mean_nll(flow, state.params, val))
-            train_losses.append(float(train_loss))
-            val_losses.append(val_loss if np.isfinite(val_loss) else np.nan)
+            train_loss, val_loss = float(train_loss) + log_det, float(_mean_nll(flow, state.params, val))
+            train_losses.append(train_loss)
+            val_losses.append(val_loss + log_det if np.isfinite(val_loss) else np.nan)
             if np.isfinite(val_loss) and val_loss < best_val:
-                best_params, best_val = state.params, val_loss
-            loop.report(epoch + 1, f"train NLL {float(train_loss):.4g}  held-out NLL {val_loss:.4g}")
+                best_params, best_val, best_epoch = state.params, val_loss, epoch + 1
+            loop.report(epoch + 1, f"train NLL {train_loss:.4g}  held-out NLL {val_losses[-1]:.4g}")
             if bool(state.halted):
                 loop.stop(0, f"stopped in epoch {epoch + 1}: the loss or gradient was non-finite for "
                              f"{max_bad_streak} consecutive steps; the parameters are those with the best "
                              "held-out NLL", warn=True)
             elif not np.isfinite(train_loss):
-                loop.stop(0, f"stopped in epoch {epoch + 1}: every batch of the epoch was non-finite "
-                             f"({int(bad_batches)} batches); the parameters are those with the best held-out NLL",
-                          warn=True)
+                loop.stop(0, f"stopped in epoch {epoch + 1}: the loss was non-finite in every batch of the "
+                             f"epoch ({int(bad_batches)} batches); the parameters are those with the best "
+                             "held-out NLL", warn=True)
             elif not loop.check_plateau(0, np.array([val_loss]), epoch + 1):
                 loop.check_interrupt(epoch + 1)
             if not loop.active[0]:
                 break
     reason = loop.reasons[0]
+    _warn_about_training(reason, int(state.skipped), int(state.step), val_losses)
+    result_flow = standardised(flow)
+    best_params = with_standardisation(best_params, mean, sd)
     return Posterior(
-        flow=flow, params=jax.tree.map(lambda a: a[None], best_params), target=None,
+        flow=result_flow, params=jax.tree.map(lambda a: a[None], best_params), target=None,
         losses=np.asarray(train_losses), stop_reasons=[reason], steps_run=np.array([len(train_losses)]),
         skipped_steps=np.array([int(state.skipped)]), fit_seconds=time.perf_counter() - start,
         settings={"objective": "forward_kl", "max_epochs": max_epochs, "batch_size": config.batch_size,
                   "learning_rate": None if custom_optimizer else learning_rate, "patience": patience,
-                  "validation_fraction": validation_fraction, "num_runs": 1},
+                  "validation_fraction": validation_fraction, "num_runs": 1, "best_epoch": best_epoch},
         validation_losses=np.asarray(val_losses))
+
+
+def _warn_about_training(reason: str, skipped: int, steps: int, val_losses: list[float]) -> None:
+    """Warn (once, after training) about what a stop reason alone does not say.
+
+    Steps skipped for non-finite values and held-out NLLs that were non-finite.
+    Halts and all-non-finite epochs already warned with their stop reason.
+    """
+    if reason.startswith("stopped in epoch"):
+        return
+    notes = []
+    if skipped:
+        notes.append(f"{skipped} of {steps} steps were skipped because the loss or gradient was non-finite")
+    bad_val = int(np.sum(~np.isfinite(val_losses)))
+    if bad_val:
+        notes.append(f"the held-out NLL was non-finite after {bad_val} of {len(val_losses)} epochs")
+    if notes:
+        warnings.warn(f"flowvi.fit_samples {reason}, but {'; '.join(notes)}. Try a smaller learning_rate.",
+                      RuntimeWarning, stacklevel=3)

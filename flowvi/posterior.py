@@ -14,6 +14,7 @@ import numpy as np
 from flowvi import diagnostics, io
 from flowvi.flows import Flow
 from flowvi.target import Target
+from flowvi.validation import as_key, check_array, check_index, check_optional_positive_int, check_positive_int
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -80,9 +81,13 @@ class Posterior:
         return "; ".join(f"run {i}: {r}" for i, r in enumerate(self.stop_reasons))
 
     def run(self, i: int) -> Posterior:
-        """The posterior of run `i` alone."""
-        if not 0 <= i < self.num_runs:
-            raise IndexError(f"run index {i} out of range for num_runs={self.num_runs}.")
+        """The posterior of run `i` alone.
+
+        Raises:
+            TypeError: `i` is not an integer.
+            IndexError: `i` is outside ``[0, num_runs)``.
+        """
+        i = check_index("run index i", i, self.num_runs)
         losses = self.losses if self.num_runs == 1 else self.losses[i][np.isfinite(self.losses[i])]
         return dataclasses.replace(
             self, params=jax.tree.map(lambda a: a[i:i + 1], self.params), losses=losses,
@@ -99,20 +104,28 @@ class Posterior:
     def sample_runs(self, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array]:
         """Draws from each run separately.
 
+        Args:
+            key: one PRNG key (`jax.random.key`).
+            num_draws: positive int, draws per run.
+
         Returns:
             ``x: (num_runs, num_draws, dim)`` and each run's own ``log_q: (num_runs, num_draws)``.
         """
-        return _sample_runs(self.flow, self.params, int(num_draws), key)
+        return _sample_runs(self.flow, self.params, check_positive_int("num_draws", num_draws), as_key(key))
 
     def sample_and_log_prob(self, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array]:
         """Draws and their log density under the posterior.
+
+        Args:
+            key: one PRNG key (`jax.random.key`).
+            num_draws: positive int.
 
         Returns:
             ``x: (num_draws, dim)``, ``log_q: (num_draws,)``. With several runs the
             draws are stratified over runs and ``log_q`` is the mixture density
             (which needs each run's inverse: slow for ``iaf`` and ``bnaf``).
         """
-        num_draws = int(num_draws)
+        key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         if self.num_runs == 1:
             x, log_q = self.sample_runs(key, num_draws)
             return x[0], log_q[0]
@@ -122,7 +135,12 @@ class Posterior:
         return x, self.log_prob(x)
 
     def sample(self, key: jax.Array, num_draws: int) -> jax.Array:
-        """``num_draws`` draws, shape ``(num_draws, dim)``."""
+        """``num_draws`` draws, shape ``(num_draws, dim)``.
+
+        Args:
+            key: one PRNG key (`jax.random.key`); an int seed or a batch of keys is refused.
+            num_draws: positive int.
+        """
         return self.sample_and_log_prob(key, num_draws)[0]
 
     def sample_posterior(self, key: jax.Array, num_draws: int, target: Target | None = None) -> dict:
@@ -141,12 +159,17 @@ class Posterior:
             ValueError: no target (fits from `flowvi.fit_samples`, or loaded
                 without one), or a target whose latent dimension differs from the fit's.
         """
+        key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
+        if target is not None and not isinstance(target, Target):
+            raise TypeError(f"target must be a flowvi.Target (e.g. flowvi.Target.from_numpyro(model, ...)), "
+                            f"got {type(target).__name__}.")
         target = self.target if target is None else target
         if target is None:
             raise ValueError("this posterior has no target to constrain with (it came from "
                              "flowvi.fit_samples, or flowvi.load without target=); use post.sample(key, n) "
                              "for flat draws, or pass target=.")
-        fitted, given = self.target.site_shapes, target.site_shapes
+        fitted = self.target.site_shapes if self.target is not None else None
+        given = target.site_shapes
         if target.dim != self.dim or (fitted is not None and given is not None and fitted != given):
             raise ValueError(f"the latent dimension changed between fit and sampling: the fit has dim={self.dim}"
                              f"{f' {fitted}' if fitted is not None else ''}, the target has dim={target.dim}"
@@ -155,8 +178,8 @@ class Posterior:
         return target.constrain(self.sample(key, num_draws))
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar)."""
-        x = jnp.asarray(x)
+        """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar); ``x`` real (ints are cast)."""
+        x = check_array("x", x)
         if x.shape[-1:] != (self.dim,) or x.ndim not in (1, 2):
             raise ValueError(f"x must have shape (n, {self.dim}) or ({self.dim},), got {x.shape}.")
         per_run = _log_prob_runs(self.flow, self.params, jnp.atleast_2d(x))
@@ -186,9 +209,16 @@ class Posterior:
 
         See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run.
 
+        Args:
+            key: one PRNG key.
+            num_draws: positive int, draws per run.
+            iw_k: positive int, draws per importance-weighted bound estimate; None skips the bound.
+
         Returns:
             `flowvi.diagnostics.Diagnostics`; ``print`` it for a table and a verdict.
         """
+        key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
+        iw_k = check_optional_positive_int("iw_k", iw_k)
         return diagnostics.diagnose(self, key, num_draws, iw_k=iw_k)
 
     def to_arviz(self, key: jax.Array, num_draws: int = 1000, *, resample: bool = False, var_name: str = "x",
@@ -202,6 +232,7 @@ class Posterior:
         Returns:
             ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
         """
+        key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         from flowvi.arviz import to_arviz  # the ArviZ adapter, loaded on first use
         return to_arviz(self, key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
                         log_likelihood=log_likelihood, posterior_predictive=posterior_predictive,

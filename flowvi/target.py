@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi.data_target import DataSpec, check_data_axis, sum_likelihood_density, sum_likelihood_spec
-from flowvi.validation import check_positive_int
+from flowvi.validation import check_names, check_positive_int
 
 _PROBE_POINTS = 16
 
@@ -74,10 +74,7 @@ class Target:
         self.dim = check_positive_int("dim", dim)
         if names is None:
             names = [f"x[{i}]" for i in range(self.dim)]
-        names = [str(n) for n in names]
-        if len(names) != self.dim:
-            raise ValueError(f"names has {len(names)} entries but dim={self.dim}.")
-        self.names = names
+        self.names = check_names("names", names, self.dim)
 
     @classmethod
     def from_numpyro(cls, model: Callable, *args: Any, **kwargs: Any) -> Target:
@@ -163,7 +160,8 @@ class Target:
 
         Raises:
             ValueError: it fails to trace on a ``(dim,)`` input, returns a
-                non-scalar, or is non-finite (value or gradient) at every probe point.
+                non-scalar or a scalar that is not real floating point (int,
+                bool, complex), or is non-finite (value or gradient) at every probe point.
         """
         spec = jax.ShapeDtypeStruct((self.dim,), jnp.result_type(float))
         try:
@@ -175,6 +173,11 @@ class Target:
             shape = getattr(out, "shape", type(out).__name__)
             raise ValueError(f"log_density must return a scalar for an input of shape ({self.dim},); "
                              f"it returned shape {shape}.")
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(f"log_density must return a real floating-point scalar (a log density), but it "
+                             f"returned dtype {out.dtype}" + (" (complex: take the real part, or the log of "
+                             "the absolute value, as the model means)" if jnp.issubdtype(out.dtype, jnp.complexfloating)
+                             else " (cast it with jnp.asarray(..., float) if it is meant as a number)") + ".")
         points = jax.random.normal(jax.random.key(0), (_PROBE_POINTS, self.dim))
         values, grads = jax.vmap(jax.value_and_grad(self.log_density))(points)
         ok = np.isfinite(np.asarray(values)) & np.all(np.isfinite(np.asarray(grads)), axis=-1)

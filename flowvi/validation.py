@@ -34,6 +34,8 @@ def check_positive_int(name: str, value: Any) -> int:
 
 def check_positive_float(name: str, value: Any) -> float:
     """Raise unless `value` is a finite number > 0; return it as float."""
+    if isinstance(value, str | bytes | bool):  # float("0.1") and float(True) would pass
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -45,6 +47,8 @@ def check_positive_float(name: str, value: Any) -> float:
 
 def check_nonnegative(name: str, value: Any) -> float:
     """Raise unless `value` is a finite number >= 0; return it as float."""
+    if isinstance(value, str | bytes | bool):  # float("0.1") and float(True) would pass
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -61,6 +65,53 @@ def check_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence) or len(value) == 0:
         raise ValueError(f"{name} must be a positive integer or a non-empty sequence of them, got {value!r}.")
     return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def check_optional_positive_int(name: str, value: Any) -> int | None:
+    """Raise unless `value` is None or an integer >= 1; return it (as int)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+    return int(value)
+
+
+def check_index(name: str, value: Any, size: int) -> int:
+    """Raise unless `value` is an integer in ``[0, size)`` (TypeError for a non-integer, IndexError outside)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer in [0, {size}), got {value!r}.")
+    if not 0 <= value < size:
+        raise IndexError(f"{name}={value} is out of range: expected an integer in [0, {size}).")
+    return int(value)
+
+
+def check_names(name: str, value: Any, dim: int) -> list[str]:
+    """Accept `dim` distinct names, any iterable but a string (``"theta"`` is not five names); return strings."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a list of {dim} names, one per coordinate, got {value!r}"
+                         + (f"; for a single name use [{value!r}]." if isinstance(value, str) else "."))
+    names = [str(v) for v in value]
+    if len(names) != dim:
+        raise ValueError(f"{name} has {len(names)} entries but dim={dim}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{name} must be distinct; repeated: {', '.join(map(repr, repeated[:5]))}.")
+    return names
+
+
+def check_array(name: str, value: Any) -> jax.Array:
+    """A real numeric array (JAX or numpy-convertible; ints become floats); raise ValueError naming `name`."""
+    if isinstance(value, jax.Array):
+        dtype = value.dtype
+    else:
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}: {err}") from None
+        dtype = value.dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):  # bool is neither
+        raise ValueError(f"{name} must be a real numeric array, got dtype {dtype}.")
+    return jnp.asarray(value) if jnp.issubdtype(dtype, jnp.floating) else jnp.asarray(value, jnp.result_type(float))
 
 
 def check_known_options(what: str, given: Iterable[str], valid: Iterable[str]) -> None:

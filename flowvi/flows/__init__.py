@@ -18,7 +18,15 @@ import functools
 import inspect
 
 from flowvi.flows.autoregressive import TRANSFORMERS, iaf, maf
-from flowvi.flows.base import Flow, final_affine, has_final_affine, invert, with_final_affine
+from flowvi.flows.base import (
+    Flow,
+    final_affine,
+    has_final_affine,
+    invert,
+    standardised,
+    with_final_affine,
+    with_standardisation,
+)
 from flowvi.flows.bnaf import bnaf
 from flowvi.flows.coupling import affine_coupling, spline_coupling
 from flowvi.flows.gaussian import COVARIANCES, gaussian
@@ -60,6 +68,8 @@ def _cached_family(name: str, dim: int, hyper: tuple) -> Flow:
     # One Flow object per (family, dim, hyperparameters): a later fit with the
     # same configuration then hits JAX's compilation cache.
     options = dict(hyper)
+    if options.pop("standardised", False):
+        return standardised(_cached_family(name, dim, tuple(sorted(options.items()))))
     inverted = options.pop("inverted", False)
     flow = FAMILIES[name](dim, **options)
     return invert(flow) if inverted else flow
@@ -70,7 +80,9 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
 
     Every family also takes ``inverted=True``, which swaps its directions (see
     `flowvi.flows.base.invert`): e.g. ``make_flow("bnaf", 2, inverted=True)`` is a
-    BNAF whose density is one pass and whose sampling is numerical.
+    BNAF whose density is one pass and whose sampling is numerical; and
+    ``standardised=True``, a fixed data affine map after it (`flowvi.flows.base.standardised`,
+    how `flowvi.fit_samples` returns its fits).
 
     Raises:
         ValueError: unknown family name (the valid ones are listed), or a `Flow`
@@ -88,9 +100,11 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
     if not isinstance(flow, str) or flow not in FAMILIES:
         raise ValueError(f"flow={flow!r} is not a known flow family; expected one of "
                          f"{', '.join(map(repr, FAMILIES))} or a flowvi.flows.Flow.")
-    check_known_options(f"hyperparameter(s) for flow={flow!r}:", hyperparameters, hyperparameter_names(flow))
+    check_known_options(f"hyperparameter(s) for flow={flow!r}:", hyperparameters,
+                        [*hyperparameter_names(flow), "standardised"])
     hyper = tuple(sorted((k, _hashable(v)) for k, v in hyperparameters.items()))
     check_bool("inverted", hyperparameters.get("inverted", False))
+    check_bool("standardised", hyperparameters.get("standardised", False))
     return _cached_family(flow, dim, hyper)
 
 
@@ -120,4 +134,4 @@ def resolve_flow(flow: str | Flow | None, dim: int, hyperparameters: dict, optio
 
 __all__ = ["CHOICES", "FAMILIES", "Flow", "affine_coupling", "bnaf", "default_family", "final_affine", "gaussian",
            "has_final_affine", "hyperparameter_defaults", "hyperparameter_names", "iaf", "invert", "maf", "make_flow",
-           "resolve_flow", "spline_coupling", "with_final_affine"]
+           "resolve_flow", "spline_coupling", "standardised", "with_final_affine", "with_standardisation"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -88,11 +89,59 @@ def invert(flow: Flow) -> Flow:
     ``iaf`` and ``bnaf`` (data to noise, as in the BNAF paper's density
     estimation). The parameters are the same pytree.
     """
+    if flow.options.get("standardised", False):
+        raise ValueError("invert a flow before standardising it: invert(standardised(f)) would put the fixed "
+                         "data affine on the noise side.")
+
     def apply(params) -> distrax.Transformed:
         return transformed(flow.dim, distrax.Inverse(flow.apply(params).bijector))
 
     hyper = tuple(sorted(dict(flow.hyperparameters, inverted=True).items()))
     return Flow(flow.name, flow.dim, hyper, flow.init, apply, flow.sample_cost, flow.inverse_cost)
+
+
+@functools.lru_cache(maxsize=256)
+def standardised(flow: Flow) -> Flow:
+    """`flow` followed by a fixed elementwise affine map ``x = loc + scale * y``: a flow fitted to standardised data.
+
+    `flowvi.fit_samples` fits `flow` to ``z = (data - mean) / sd`` and returns this
+    flow, with ``loc = mean`` and ``scale = sd`` (`with_standardisation`). The
+    fixed map is outside the learned layers, so any finite positive scale works
+    (the learned scales are floored at `SCALE_FLOOR`), in either orientation of
+    `flow` (the map is on the data side either way), and the untrained flow has
+    the data's mean and sd. ``loc`` and ``scale`` are parameters only to be stored
+    with the fit; they are constants to gradients (``stop_gradient``).
+
+    Params are ``{"flow": flow's params, "data": {"loc": (dim,), "scale": (dim,)}}``;
+    `init` gives loc 0 and scale 1. The family name stays the same and the
+    hyperparameters gain ``standardised=True`` (so ``make_flow`` rebuilds it).
+    """
+    if flow.options.get("standardised", False):
+        raise ValueError("the flow is already standardised.")
+    dim = flow.dim
+
+    def init(key: jax.Array) -> dict:
+        return {"flow": flow.init(key), "data": {"loc": jnp.zeros(dim), "scale": jnp.ones(dim)}}
+
+    def apply(params: dict) -> distrax.Transformed:
+        data = jax.lax.stop_gradient(params["data"])
+        fixed = distrax.Block(distrax.ScalarAffine(shift=data["loc"], scale=data["scale"]), 1)
+        return transformed(dim, distrax.Chain([fixed, flow.apply(params["flow"]).bijector]))
+
+    hyper = tuple(sorted(dict(flow.hyperparameters, standardised=True).items()))
+    return Flow(flow.name, dim, hyper, jax.jit(init), apply, flow.inverse_cost, flow.sample_cost)
+
+
+def with_standardisation(params: Any, loc, scale) -> dict:
+    """Parameters of `standardised(flow)`: `flow`'s ``params`` and the fixed map ``x = loc + scale * y``.
+
+    Args:
+        params: the inner flow's parameters (no batch axis).
+        loc: ``(dim,)`` data mean.
+        scale: ``(dim,)`` data sd, finite and positive (any magnitude the float type holds).
+    """
+    dtype = jnp.result_type(float)
+    return {"flow": params, "data": {"loc": jnp.asarray(loc, dtype), "scale": jnp.asarray(scale, dtype)}}
 
 
 def positive_scale(raw: jax.Array) -> jax.Array:

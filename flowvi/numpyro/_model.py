@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from numpyro import handlers
-from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.initialization import init_to_sample, init_to_uniform
 from numpyro.infer.util import initialize_model
 
 _INIT_FAILURE = "Cannot find valid initial parameters"
@@ -29,11 +29,16 @@ _INIT_FAILURE = "Cannot find valid initial parameters"
 def prototype_trace(model: Callable, model_args: tuple, model_kwargs: dict) -> dict:
     """One seeded, eager run of `model` (concrete values), hidden from any enclosing NumPyro handlers.
 
+    Latent sites take NumPyro's ``init_to_sample`` values: a prior draw, or, for
+    priors that cannot be sampled (improper flat priors, ``dist.ImproperUniform``),
+    a uniform draw in (-2, 2) on the unconstrained scale mapped to the support.
     Eager runs compile every operation separately; `model_structure` is the
     cheap alternative when only names, kinds and shapes are needed.
     """
+    # The seed handler inside the substitution, so the init strategy sees the site's key (as in NumPyro).
+    seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_to_sample)
     with handlers.block():
-        return handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*model_args, **model_kwargs)
+        return handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
 
 
 class SiteInfo(NamedTuple):
@@ -160,7 +165,7 @@ def _nonfinite_sites(model: Callable, model_args: tuple, model_kwargs: dict,
     """Sample sites whose log_prob is non-finite when the latents sit at an `init_strategy` point."""
     try:
         with handlers.block():
-            seeded = handlers.seed(handlers.substitute(model, substitute_fn=init_strategy), rng_seed=0)
+            seeded = handlers.substitute(handlers.seed(model, rng_seed=0), substitute_fn=init_strategy)
             trace = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
     except Exception:  # noqa: BLE001 - the diagnosis is best effort; NumPyro's own message still goes out
         return []
@@ -169,7 +174,8 @@ def _nonfinite_sites(model: Callable, model_args: tuple, model_kwargs: dict,
         if site["type"] == "sample":
             log_prob = site["fn"].log_prob(site["value"])
             if not np.all(np.isfinite(np.asarray(log_prob))):
-                bad.append(f"'{name}'" + (" (observed)" if site["is_observed"] else ""))
+                kind = "factor" if isinstance(site["fn"], dist.Unit) else "observed" if site["is_observed"] else ""
+                bad.append(f"'{name}'" + (f" ({kind})" if kind else ""))
     return bad
 
 

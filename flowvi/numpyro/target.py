@@ -17,6 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
+from numpyro.distributions import biject_to
+from numpyro.distributions.transforms import (
+    AffineTransform,
+    ComposeTransform,
+    ExpTransform,
+    IdentityTransform,
+    IndependentTransform,
+    SigmoidTransform,
+    SoftplusTransform,
+)
 
 from flowvi.data_target import DataSpec, check_data_axis
 from flowvi.numpyro._model import (
@@ -33,6 +43,64 @@ def _coordinate_names(name: str, shape: tuple) -> list[str]:
     if shape == ():
         return [name]
     return [f"{name}[{','.join(map(str, idx))}]" for idx in np.ndindex(*shape)]
+
+
+_ELEMENTWISE = {IdentityTransform: "{}", ExpTransform: "log({})", SigmoidTransform: "logit({})",
+                SoftplusTransform: "softplus_inv({})"}
+
+
+def _number(value) -> str:
+    return f"{float(value):g}"
+
+
+def _affine_inverse(name: str, loc, scale) -> str:
+    """How ``(name - loc) / scale`` reads, for scalar loc and scale."""
+    loc, scale = float(loc), float(scale)
+    if scale == -1:
+        return f"{_number(loc)} - {name}" if loc != 0 else f"-{name}"
+    shifted = name if loc == 0 else f"{name} - {_number(loc)}" if loc > 0 else f"{name} + {_number(-loc)}"
+    if scale == 1:
+        return shifted
+    return f"{shifted if loc == 0 else f'({shifted})'} / {_number(scale)}"
+
+
+def site_labels(site: str, support, shape: tuple) -> list[str]:
+    """Labels of the unconstrained coordinates of one latent site, from NumPyro's ``biject_to(support)``.
+
+    An elementwise transform names the map from the constrained value to R:
+    ``"tau"`` (real), ``"log(tau)"`` (positive), ``"logit(p)"`` (unit interval),
+    ``"log(x - 1)"`` (greater than 1), ``"logit((x - a) / w)"`` (an interval);
+    others (simplex, Cholesky factors, ordered vectors...) are
+    ``"unconstrained(w)[i]"``, the index into the unconstrained array.
+
+    Args:
+        site: the site name.
+        support: the site distribution's ``support`` constraint.
+        shape: the site's unconstrained shape (the flat coordinates it owns).
+    """
+    names = _coordinate_names(site, shape)
+    suffixes = [n[len(site):] for n in names]
+    generic = [f"unconstrained({site}){s}" for s in suffixes]
+    try:
+        transform = biject_to(support)
+        while isinstance(transform, IndependentTransform):
+            transform = transform.base_transform
+        parts = list(transform.parts) if isinstance(transform, ComposeTransform) else [transform]
+        first = type(parts[0])
+        if first not in _ELEMENTWISE or len(parts) > 2:
+            return generic
+        if len(parts) == 1:
+            return [_ELEMENTWISE[first].format(n) for n in names]
+        affine = parts[1]
+        if not isinstance(affine, AffineTransform) or first is IdentityTransform:
+            return generic
+        idx = list(np.ndindex(*shape)) if shape else [()]
+        loc = np.broadcast_to(np.asarray(affine.loc, float), shape)
+        scale = np.broadcast_to(np.asarray(affine.scale, float), shape)
+        return [_ELEMENTWISE[first].format(_affine_inverse(n, loc[i], scale[i]))
+                for n, i in zip(names, idx, strict=True)]
+    except Exception:  # noqa: BLE001 - a label is cosmetic: bounds that are not concrete get the generic one
+        return generic
 
 
 class NumPyroTarget(Target):
@@ -53,6 +121,9 @@ class NumPyroTarget(Target):
             ``"L[0]"``: a site name with the index into its *unconstrained*
             array (for ``mu``, ``tau`` and ``theta`` that is the site's own
             shape; a 3-simplex has 2 unconstrained coordinates).
+        labels: the same coordinates as tables show them, saying what is
+            unconstrained: ``"mu"``, ``"log(tau)"``, ``"logit(p)"``,
+            ``"unconstrained(w)[0]"`` (see `site_labels`).
         model, model_args, model_kwargs: what the target was built from.
         site_shapes: latent site name -> constrained shape, e.g. ``{"w": (3,)}``.
         unconstrained_shapes: latent site name -> shape on R^k, e.g. ``{"w": (2,)}``.
@@ -105,6 +176,8 @@ class NumPyroTarget(Target):
         self.deterministic_sites = {name: s.shape for name, s in structure.items() if s.type == "deterministic"}
         self.init_point = flat
         self._unravel = unravel
+        self._labels = [label for site, value in sorted(init.items())
+                        for label in site_labels(site, info.model_trace[site]["fn"].support, jnp.shape(value))]
 
         potential_fn = info.potential_fn
 
@@ -121,6 +194,11 @@ class NumPyroTarget(Target):
     def __repr__(self) -> str:
         name = getattr(self.model, "__name__", type(self.model).__name__)
         return f"NumPyroTarget(model={name}, dim={self.dim}, sites={self.site_shapes})"
+
+    @property
+    def labels(self) -> list[str]:
+        """One label per flat coordinate saying which transform of the site it is: ``"log(tau)"``, ``"mu"``."""
+        return list(self._labels)
 
     def data_spec(self, batch_size: int | None = None, num_shards: int = 1) -> DataSpec | None:
         """The model's data plates as a data axis (see `flowvi.numpyro.data`); None when it has none."""
@@ -193,4 +271,4 @@ def from_numpyro(model: Callable, *args: Any, **kwargs: Any) -> NumPyroTarget:
     return NumPyroTarget(model, args, kwargs)
 
 
-__all__ = ["NumPyroTarget", "from_numpyro"]
+__all__ = ["NumPyroTarget", "from_numpyro", "site_labels"]
