@@ -92,7 +92,8 @@ class NeutraResult:
             the target would report it).
         posterior: the `flowvi.Posterior` whose flow preconditioned the sampler.
         run: the run whose flow was used.
-        vi: `flowvi.diagnostics.Diagnostics` of that run's fit (ELBO, k-hat, verdict).
+        vi: `flowvi.diagnostics.Diagnostics` of that run's fit (ELBO, k-hat, verdict), or
+            the ``fit_diagnostics`` given to `neutra` (pooled over runs when there are several).
         elbo_runs: ``(num_runs,)`` ELBO estimates of every run (how `run` was chosen).
         fit_seconds: wall time of the fit; mcmc_seconds: of NUTS, compilation
             and warm-up included; seconds: their sum.
@@ -297,7 +298,8 @@ class NeutraResult:
 
 def neutra(post, key: jax.Array, num_warmup: int = 500, num_samples: int = 1000, num_chains: int = 4, *,
            run: int | None = None, target_accept_prob: float = 0.8, dense_mass: bool = False,
-           max_tree_depth: int = 10, diagnose_draws: int = 1000, progress: bool | None = None) -> NeutraResult:
+           max_tree_depth: int = 10, fit_diagnostics: diagnostics.Diagnostics | None = None,
+           diagnose_draws: int = 4000, progress: bool | None = None) -> NeutraResult:
     """Exact draws of a fit's target: NUTS on the target pulled back through the fitted flow (NeuTra).
 
     NumPyro's NUTS samples ``log p(T(z)) + log|det J_T(z)|`` (see `pullback`) in
@@ -307,9 +309,9 @@ def neutra(post, key: jax.Array, num_warmup: int = 500, num_samples: int = 1000,
     Carlo error, which R-hat and ESS measure) however good the flow is; a
     better flow makes the geometry closer to standard normal and NUTS cheaper.
 
-    With several runs one flow is used: the run with the highest ELBO,
-    estimated from ``diagnose_draws`` fresh draws of each run (or `run`).
-    Targets with a data axis use their full-data density.
+    With several runs one flow is used: the run with the highest ELBO (or
+    `run`), from `fit_diagnostics` or else estimated from ``diagnose_draws``
+    fresh draws of each run. Targets with a data axis use their full-data density.
 
     Args:
         post: a `flowvi.Posterior` from `flowvi.fit` (it needs its target).
@@ -323,7 +325,10 @@ def neutra(post, key: jax.Array, num_warmup: int = 500, num_samples: int = 1000,
         dense_mass: adapt a dense mass matrix instead of a diagonal one.
         max_tree_depth: NUTS's maximum tree depth (at most ``2**max_tree_depth - 1``
             leapfrog steps per draw).
-        diagnose_draws: draws per run for the ELBO and k-hat of the fit.
+        fit_diagnostics: the fit's `flowvi.diagnostics.Diagnostics` (``post.diagnose(key)``), to
+            choose the run by and to record in the result and its export; default:
+            computed here from ``diagnose_draws`` draws per run.
+        diagnose_draws: draws per run for the fit's diagnostics when none are given.
         progress: NumPyro's progress bar; default when stderr is a terminal.
 
     Returns:
@@ -361,7 +366,13 @@ def neutra(post, key: jax.Array, num_warmup: int = 500, num_samples: int = 1000,
     progress = sys.stderr.isatty() if progress is None else check_bool("progress", progress)
 
     diag_key, init_key, mcmc_key = jax.random.split(key, 3)
-    run, vi, elbo_runs = _choose_run(post, diag_key, diagnose_draws, run)
+    if fit_diagnostics is not None and not isinstance(fit_diagnostics, diagnostics.Diagnostics):
+        raise TypeError("fit_diagnostics must be the flowvi.diagnostics.Diagnostics of this fit "
+                        f"(post.diagnose(key)), got {type(fit_diagnostics).__name__}.")
+    if fit_diagnostics is not None and fit_diagnostics.num_runs != post.num_runs:
+        raise ValueError(f"fit_diagnostics describe {fit_diagnostics.num_runs} run(s), but this fit has "
+                         f"{post.num_runs}; pass post.diagnose(key) of this fit.")
+    run, vi, elbo_runs = _choose_run(post, diag_key, diagnose_draws, run, fit_diagnostics)
     log_density_z = pullback(post, run)
     dim = post.dim
 
@@ -408,10 +419,17 @@ def _to_target(flow, params, log_density, z: jax.Array) -> tuple[jax.Array, jax.
     return x, jax.vmap(log_density)(x)
 
 
-def _choose_run(post, key: jax.Array, num_draws: int, run: int | None):
-    """The run to use (best ELBO unless given), its `Diagnostics`, and every run's ELBO estimate."""
-    x, log_p, log_q = diagnostics.importance_draws(post, key, num_draws)
-    pooled = diagnostics.from_draws(x, log_p, log_q, names=post.target.names, iw_k=None)
+def _choose_run(post, key: jax.Array, num_draws: int, run: int | None, given=None):
+    """The run to use (best ELBO unless given), its `Diagnostics`, and every run's ELBO estimate.
+
+    With `given` diagnostics (possibly pooled over runs) those are recorded and the run is chosen by
+    their per-run ELBOs; otherwise they are computed from fresh draws, for the chosen run alone.
+    """
+    if given is None:
+        x, log_p, log_q = diagnostics.importance_draws(post, key, num_draws)
+        pooled = diagnostics.from_draws(x, log_p, log_q, names=post.target.names, iw_k=None)
+    else:
+        pooled = given
     elbo_runs = np.asarray(pooled.elbo_runs, dtype=np.float64)
     if run is None:
         finite = np.where(np.isfinite(elbo_runs), elbo_runs, -np.inf)
@@ -419,7 +437,7 @@ def _choose_run(post, key: jax.Array, num_draws: int, run: int | None):
             raise ValueError("no run of this fit has a finite ELBO: its flows put their draws where the target "
                              "has zero density or NaN; refit before running NeuTra.")
         run = int(np.argmax(finite))
-    if post.num_runs == 1:
+    if post.num_runs == 1 or given is not None:
         return run, pooled, elbo_runs
     vi = diagnostics.from_draws(x[run:run + 1], log_p[run:run + 1], log_q[run:run + 1],
                                 names=post.target.names, iw_k=None)

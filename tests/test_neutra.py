@@ -2,6 +2,7 @@
 bad arguments; and the effective sample size of an importance resample (Posterior.to_arviz(resample=True)).
 """
 
+import dataclasses
 import sys
 
 import arviz as az
@@ -211,6 +212,21 @@ def test_neutra_export_of_a_numpyro_model_works_with_loo(regression_neutra):
     assert list(summary.index) == ["alpha", "beta", "sigma"]
 
 
+def test_given_fit_diagnostics_choose_the_run_and_are_recorded(regression_neutra):
+    post = regression_neutra.posterior
+    given = dataclasses.replace(regression_neutra.vi, elbo_runs=np.array([-50.0, -10.0]), num_runs=2)
+    run, vi, elbo_runs = neutra_module._choose_run(post, jax.random.key(0), 10, None, given)
+    assert run == 1 and vi is given
+    np.testing.assert_array_equal(elbo_runs, [-50.0, -10.0])
+    given = dataclasses.replace(given, elbo_runs=np.array([-10.0, -50.0]))
+    assert neutra_module._choose_run(post, jax.random.key(0), 10, None, given)[0] == 0
+    assert neutra_module._choose_run(post, jax.random.key(0), 10, 1, given)[0] == 1  # run= wins
+    with pytest.raises(TypeError, match="fit_diagnostics must be the flowvi.diagnostics.Diagnostics"):
+        flowvi.neutra(post, jax.random.key(0), fit_diagnostics={"k_hat": 0.3})
+    with pytest.raises(ValueError, match="fit_diagnostics describe 1 run"):
+        flowvi.neutra(post, jax.random.key(0), fit_diagnostics=dataclasses.replace(given, num_runs=1))
+
+
 def test_bad_arguments_get_clear_errors(gaussian_fit):
     with pytest.raises(ValueError, match="num_chains must be a positive integer"):
         flowvi.neutra(gaussian_fit, jax.random.key(0), num_chains=0)
@@ -258,3 +274,4 @@ def test_resample_with_a_small_effective_sample_size_warns():
         idata = post.to_arviz(jax.random.key(0), num_draws=1000, resample=True)
     assert _group(idata, "posterior").attrs["resample_ess"] < 100
     assert "flowvi.neutra" in str(record[0].message)
+
