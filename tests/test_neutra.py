@@ -3,6 +3,7 @@ bad arguments; and the effective sample size of an importance resample (Posterio
 """
 
 import dataclasses
+import pathlib
 import sys
 
 import arviz as az
@@ -275,3 +276,38 @@ def test_resample_with_a_small_effective_sample_size_warns():
     assert _group(idata, "posterior").attrs["resample_ess"] < 100
     assert "flowvi.neutra" in str(record[0].message)
 
+
+# --- the command line: flowvi fit MODEL --neutra ---
+
+MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
+
+
+def test_cli_neutra_writes_the_corrected_draws(tmp_path, capsys):
+    from flowvi.cli import main
+
+    argv = ["fit", str(MODELS / "eight_schools.py"), "--flow", "gaussian", "--steps", "200", "--learning-rate",
+            "5e-2", "--runs", "2", "--draws", "200", "--no-progress", "--out", str(tmp_path), "--neutra",
+            "--mcmc-warmup", "100", "--mcmc-samples", "150", "--mcmc-chains", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "verdict:" in out and "flowvi NeuTra" in out and "max R-hat" in out and "divergences" in out
+    assert "from the NeuTra draws" in out
+    idata = az.from_netcdf(str(tmp_path / "posterior.nc"))
+    posterior = _group(idata, "posterior")
+    assert posterior.attrs["sampling"] == "neutra" and posterior.attrs["mcmc_chains"] == 2
+    assert posterior["theta"].shape == (2, 150, 8) and "k_hat" in posterior.attrs
+    assert set(_group(idata, "sample_stats").data_vars) >= {"diverging", "step_size", "tree_depth", "lp"}
+    assert (tmp_path / "report.png").exists() and (tmp_path / "flow.flowvi").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([str(MODELS / "banana.py"), "--mcmc-chains", "2"], "--mcmc-chains applies only with --neutra"),
+    ([str(MODELS / "chequerboard.py"), "--neutra"], "--neutra needs the target's density"),
+    ([str(MODELS / "banana.py"), "--neutra", "--mcmc-chains", "0"], "expected a positive integer"),
+])
+def test_cli_neutra_bad_options(argv, expected, tmp_path, capsys):
+    from flowvi.cli import main
+
+    assert main(["fit", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
