@@ -2,7 +2,7 @@
 
 Fit a flow to an unnormalised log density (`fit`, reverse KL) or to samples
 (`fit_samples`, forward KL); get a `Posterior` to sample, score, diagnose,
-save and load.
+save and load; turn a fit into exact draws with NUTS in its base space (`neutra`).
 
 The adapters (`flowvi.numpyro`, `flowvi.arviz`, `flowvi.plots`, `flowvi.cli`)
 load on first use, so ``import flowvi`` does not import NumPyro, ArviZ or
@@ -14,14 +14,15 @@ import importlib
 from flowvi import diagnostics, flows
 from flowvi._version import __version__
 from flowvi.forward_kl import fit_samples
+from flowvi.neutra import NeutraResult, neutra
 from flowvi.posterior import Posterior, load
 from flowvi.reverse_kl import fit
 from flowvi.target import Target
 
 _ADAPTERS = ("numpyro", "arviz", "plots", "cli")
 
-__all__ = ["Posterior", "Target", "__version__", "arviz", "diagnostics", "fit", "fit_samples", "flows", "load",
-           "numpyro", "plots"]
+__all__ = ["NeutraResult", "Posterior", "Target", "__version__", "arviz", "diagnostics", "fit", "fit_samples", "flows",
+           "load", "neutra", "numpyro", "plots"]
 
 
 def __getattr__(name: str):

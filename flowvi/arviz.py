@@ -15,6 +15,7 @@ with the engine `netcdf_engine` finds.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import jax
@@ -42,7 +43,9 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         resample: replace each run's draws by a PSIS importance resample of them
             (systematic resampling with the smoothed weights, so repeats appear):
             the draws then follow the target more closely than the flow does.
-            Needs the target.
+            Needs the target. The resample's effective sample size is the
+            attribute ``resample_ess``; a warning says when it is below 100 or
+            10% of the draws.
         var_name: name of the single posterior variable of a plain `flowvi.Target`.
         dims: ``{variable: [dim names]}`` as in ArviZ converters; it overrides
             the dims inferred from NumPyro plates. A plain target's variable has
@@ -108,6 +111,7 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
             idx = _systematic_resample(resample_key, smoothed)
             x = np.take_along_axis(x, idx[..., None], axis=1)
             stats = {k: np.take_along_axis(v, idx, axis=1) for k, v in stats.items()}
+            resample_ess = _resample_ess(smoothed)
 
     names = target.names if target is not None else [f"x[{i}]" for i in range(post.dim)]
     variables = target.constrain(jnp.asarray(x.reshape(-1, post.dim))) \
@@ -130,6 +134,8 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         groups.update(_observation_groups(target, posterior, predict_key, log_likelihood, posterior_predictive))
 
     attrs = _attrs(post, diag, num_draws, resample)
+    if resample:
+        attrs["resample_ess"] = resample_ess
     import arviz
     # The attributes go on the root and on the posterior and sample_stats groups (where
     # ArviZ's own converters put inference_library).
@@ -162,6 +168,29 @@ def _systematic_resample(key: jax.Array, log_weights: np.ndarray) -> np.ndarray:
     cdf /= cdf[:, -1:]
     idx = np.stack([np.searchsorted(cdf[r], positions[r], side="right") for r in range(runs)])
     return np.minimum(idx, n - 1)
+
+
+RESAMPLE_ESS_MIN = 100
+"""A resample whose effective sample size is below this (or below 10% of its draws) gets a warning."""
+
+
+def _resample_ess(log_weights: np.ndarray) -> float:
+    """Effective sample size of a per-run resample with ``log_weights: (runs, n)``, and a warning when it is small.
+
+    Each run is resampled with its own normalised weights, so the resample
+    holds ``sum_r 1 / sum_i w_ri^2`` effectively independent draws (Kish's ESS
+    per run, summed); the rest are repeats.
+    """
+    w = np.exp(log_weights - log_weights.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    ess = float(np.sum(1.0 / np.sum(w ** 2, axis=1)))
+    total = log_weights.size
+    if ess < RESAMPLE_ESS_MIN or ess < 0.1 * total:
+        warnings.warn(f"the importance resample has an effective sample size of {ess:.0f} of its {total} draws "
+                      f"(below {RESAMPLE_ESS_MIN} or 10%): many draws are repeats and estimates from them are noisy. "
+                      "Export more draws or, when k-hat (post.diagnose) is 0.7 or more, get exact draws with "
+                      "flowvi.neutra(post, key).", UserWarning, stacklevel=4)
+    return ess
 
 
 def _observation_groups(target, posterior: dict, key: jax.Array, log_likelihood: bool,

@@ -18,7 +18,7 @@ TIMEOUT_S = 300  # per cell
 
 def test_notebooks_present():
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_fitting_to_samples.ipynb",
-                                           "03_numpyro_guide.ipynb", "04_diagnostics.ipynb"]
+                                           "03_numpyro_guide.ipynb", "04_diagnostics.ipynb", "05_neutra.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -21,6 +21,7 @@ import warnings
 from flowvi import flows
 from flowvi.cli.model_file import ModelFile, ModelFileError, load_model_file
 from flowvi.forward_kl import fit_samples
+from flowvi.neutra import neutra
 from flowvi.objectives import ESTIMATORS
 from flowvi.reverse_kl import fit
 
@@ -36,6 +37,9 @@ def _signature_defaults(function) -> dict:
 
 
 _FIT, _FIT_SAMPLES = _signature_defaults(fit), _signature_defaults(fit_samples)
+_NEUTRA = _signature_defaults(neutra)
+# --neutra: NUTS in the fitted flow's base space (flowvi.neutra); its options, dest -> neutra's keyword.
+MCMC_OPTIONS = {"mcmc_warmup": "num_warmup", "mcmc_samples": "num_samples", "mcmc_chains": "num_chains"}
 # The library's defaults, read from the signatures of fit and fit_samples; runs, seed and draws are the CLI's own.
 DEFAULTS = {
     "steps": _FIT["steps"], "num_samples": _FIT["num_samples"], "estimator": _FIT["estimator"], "runs": 4,
@@ -197,6 +201,18 @@ def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
                      help=f"samples files: maximum passes over the data (default {d['epochs']})")
     opt.add_argument("--batch-size", type=_positive_int,
                      help=f"samples files: rows per step (default {d['batch_size']})")
+
+    mcmc = p.add_argument_group("exact draws (NeuTra)")
+    mcmc.add_argument("--neutra", action="store_true",
+                      help="after the fit, run NUTS in the fitted flow's base space (flowvi.neutra) and write "
+                           "posterior.nc from its draws, which follow the target exactly; R-hat, ESS and "
+                           "divergences are printed beside the VI diagnostics (not for samples files)")
+    mcmc.add_argument("--mcmc-warmup", type=_nonnegative_int,
+                      help=f"--neutra: NUTS warm-up iterations per chain (default {_NEUTRA['num_warmup']})")
+    mcmc.add_argument("--mcmc-samples", type=_positive_int,
+                      help=f"--neutra: NUTS draws per chain (default {_NEUTRA['num_samples']})")
+    mcmc.add_argument("--mcmc-chains", type=_positive_int,
+                      help=f"--neutra: NUTS chains, run vectorised (default {_NEUTRA['num_chains']})")
 
     out = p.add_argument_group("output")
     out.add_argument("--seed", type=_nonnegative_int, help=f"random seed; the same seed gives the same fit "
@@ -362,12 +378,23 @@ def _check_kind_options(args: argparse.Namespace, model: ModelFile) -> None:
                        f"do{'es' if len(wrong) == 1 else ''} not apply to {model.path} ({what}).")
 
 
+def _check_mcmc_options(args: argparse.Namespace, model: ModelFile) -> None:
+    given = [_flag(d) for d in MCMC_OPTIONS if getattr(args, d) is not None]
+    if given and not args.neutra:
+        raise CliError(f"flowvi {args.command}: error: {', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} "
+                       "only with --neutra.")
+    if args.neutra and model.kind == "samples":
+        raise CliError(f"flowvi {args.command}: error: --neutra needs the target's density, and {model.path} "
+                       "is a samples file (fitted by forward KL, with no density to run NUTS on).")
+
+
 def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
     """Fit, diagnose, export and report one model file; return the exit status."""
     import jax
 
     print(f"flowvi: {model.path} defines {model.describe()}", flush=True)
     _check_kind_options(args, model)
+    _check_mcmc_options(args, model)
     samples = model.kind == "samples"
     data = model.samples() if samples else None
     target = None if samples else model.target()
@@ -476,6 +503,7 @@ def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathli
     line on stderr and the rest is still written; then the status is 1. An
     interrupted fit gets its outputs too, and the status 130.
     """
+    import jax
     import numpy as np
 
     from flowvi.arviz import write_netcdf
@@ -516,13 +544,22 @@ def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathli
             print(f"\n{reference}")
         # The same key and draws as the diagnostics just printed, and those diagnostics in its attributes.
         idata = post.to_arviz(diag_key, draws, diagnostics=diag)
+        if args.neutra:
+            print()
+            result = neutra(post, jax.random.fold_in(diag_key, 1), progress=not args.no_progress,
+                            fit_diagnostics=diag,
+                            **{name: getattr(args, dest) for dest, name in MCMC_OPTIONS.items()
+                               if getattr(args, dest) is not None})
+            print(result)
+            idata = result.to_arviz()
     except ValueError as err:
         if args.traceback:
             raise
         problems.append(f"the fit finished but its diagnostics failed, so {out / 'posterior.nc'} was not "
                         f"written: {err}")
     if idata is not None:
-        print("\naz.summary of the posterior" + (" (constrained)" if model.kind == "numpyro" else "") + ":")
+        print("\naz.summary of the posterior" + (" (constrained)" if model.kind == "numpyro" else "")
+              + (" from the NeuTra draws" if args.neutra else "") + ":")
         print(summary_table(idata, post.target))
         attempt("posterior.nc", lambda path: write_netcdf(idata, path))
     fig = report_figure(post, idata, plot_key, diag_key, data=data, num_draws=draws)
