@@ -80,7 +80,14 @@ class Posterior:
         return "; ".join(f"run {i}: {r}" for i, r in enumerate(self.stop_reasons))
 
     def run(self, i: int) -> Posterior:
-        """The posterior of run `i` alone."""
+        """The posterior of run `i` alone.
+
+        Raises:
+            TypeError: `i` is not an integer (a bool would index the loss trace as a mask).
+            IndexError: `i` is not in ``range(num_runs)``.
+        """
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TypeError(f"run index must be an integer, got {i!r}.")
         if not 0 <= i < self.num_runs:
             raise IndexError(f"run index {i} out of range for num_runs={self.num_runs}.")
         losses = self.losses if self.num_runs == 1 else self.losses[i][np.isfinite(self.losses[i])]
