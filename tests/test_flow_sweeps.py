@@ -1,7 +1,7 @@
 """Sweeps over every family, both orientations: batch shapes, float32/float64, jit and no jit.
 
 For each family in `flowvi.flows.FAMILIES`, plain and ``inverted=True``, a tiny flow
-with perturbed parameters is asked for ``sample``, ``sample_and_log_prob`` and
+with random parameters is asked for ``sample``, ``sample_and_log_prob`` and
 ``log_prob`` at several sample shapes, compiled and op by op, in float32 and
 float64. The checks are on values, not only shapes:
 
