@@ -1,6 +1,7 @@
 """flowvi.fit_samples: forward KL on data, validation split, early stopping, bad data."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -91,8 +92,6 @@ def test_bnaf_is_oriented_data_to_noise_and_learns():
 
 def test_inverted_flow_gradients_match_finite_differences():
     # Guards the orientation: the NLL gradient through the one-pass direction is exact.
-    import jax.numpy as jnp
-
     from flowvi.objectives import negative_log_likelihood
     with jax.enable_x64(True):
         flow = flowvi.flows.make_flow("bnaf", 2, layers=1, block_size=(3,), inverted=True)
@@ -110,3 +109,83 @@ def test_reverse_kl_refuses_a_flow_that_samples_numerically():
     flow = flowvi.flows.make_flow("bnaf", 2, inverted=True)
     with pytest.raises(ValueError, match="inverted"):
         flowvi.fit(lambda x: -0.5 * (x ** 2).sum(), dim=2, flow=flow, steps=2, key=jax.random.key(0))
+
+
+def _nan_flow(dim):
+    """A ready Flow whose density is NaN everywhere (a NaN scale), to drive the non-finite stops."""
+    base = flowvi.flows.make_flow("gaussian", dim)
+
+    def apply(params):
+        affine = params["affine"]
+        return base.apply({"affine": {"loc": affine["loc"], "raw_scale": affine["raw_scale"] + jnp.nan}})
+    return base._replace(name="nan_gaussian", apply=apply)
+
+
+def test_stops_after_max_bad_streak_non_finite_steps_and_keeps_the_start():
+    data = _mixture(500, 7)  # 450 training rows: 9 batches of 50 per epoch
+    with pytest.warns(RuntimeWarning, match="stopped in epoch 1: the loss or gradient was non-finite for 3 "
+                                            "consecutive steps"):
+        post = flowvi.fit_samples(data, flow=_nan_flow(2), batch_size=50, max_bad_streak=3, max_epochs=5,
+                                  key=jax.random.key(0))
+    assert post.steps_run.tolist() == [1] and post.skipped_steps.tolist() == [3]
+    assert np.isnan(post.losses).all() and np.isnan(post.validation_losses).all()
+    # No step was taken: the parameters are the start, the training rows' mean and sd.
+    train = data[np.asarray(jax.random.permutation(jax.random.split(jax.random.key(0), 3)[0], 500))[50:]]
+    np.testing.assert_allclose(flowvi.flows.final_affine(post.params)["loc"][0], train.mean(0), rtol=1e-5)
+
+
+def test_stops_when_every_batch_of_an_epoch_is_non_finite():
+    data = _mixture(200, 8)  # one batch per epoch, so the streak limit (20) is never reached
+    with pytest.warns(RuntimeWarning, match=r"stopped in epoch 1: every batch of the epoch was non-finite "
+                                            r"\(1 batches\)"):
+        post = flowvi.fit_samples(data, flow=_nan_flow(2), max_epochs=5, key=jax.random.key(0))
+    assert post.steps_run.tolist() == [1] and post.skipped_steps.tolist() == [1]
+
+
+def test_custom_optimizer_is_used_and_patience_none_never_stops():
+    import optax
+
+    data = _mixture(400, 9)
+    # sgd with learning rate 0 never moves: the held-out NLL is the start's at every epoch. That is a
+    # plateau, so patience=2 stops at epoch 3, and patience=None runs every epoch.
+    frozen = flowvi.fit_samples(data, flow="gaussian", optimizer=optax.sgd(0.0), patience=None, max_epochs=6,
+                                key=jax.random.key(0))
+    assert frozen.steps_run.tolist() == [6] and frozen.stop_reason == "completed all 6 epochs"
+    assert np.ptp(frozen.validation_losses) == 0.0
+    assert frozen.settings["learning_rate"] is None and frozen.settings["patience"] is None
+    early = flowvi.fit_samples(data, flow="gaussian", optimizer=optax.sgd(0.0), patience=2, max_epochs=6,
+                               key=jax.random.key(0))
+    assert early.steps_run.tolist() == [3] and early.stop_reason.startswith("early stopping at epoch 3")
+    # The default optimizer (Adam) does move from the same start.
+    moving = flowvi.fit_samples(data, flow="gaussian", max_epochs=2, key=jax.random.key(0))
+    assert moving.validation_losses[1] != frozen.validation_losses[0]
+    np.testing.assert_array_equal(moving.params["affine"]["loc"] != frozen.params["affine"]["loc"], True)
+
+
+def _counting_sgd(calls):
+    """optax.sgd(1e-3) that records each update it makes (a host callback per step)."""
+    import optax
+
+    inner = optax.sgd(1e-3)
+
+    def update(updates, state, params=None):
+        jax.debug.callback(lambda: calls.append(1))
+        return inner.update(updates, state, params)
+    return optax.GradientTransformation(inner.init, update)
+
+
+@pytest.mark.parametrize(("batch_size", "used", "steps_per_epoch"), [(100, 100, 4), (1000, 450, 1)])
+def test_batch_size_sets_the_steps_per_epoch(batch_size, used, steps_per_epoch):
+    # 450 training rows: batches of 100 give 4 steps an epoch (the last 50 rows are dropped, a new
+    # 50 each epoch); a batch_size above the rows is capped at them.
+    calls = []
+    post = flowvi.fit_samples(_mixture(500, 10), flow="gaussian", batch_size=batch_size, max_epochs=3,
+                              patience=None, optimizer=_counting_sgd(calls), key=jax.random.key(0))
+    jax.effects_barrier()
+    assert post.settings["batch_size"] == used
+    assert len(calls) == 3 * steps_per_epoch
+
+
+def test_bad_batch_size_is_named():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        flowvi.fit_samples(_mixture(100, 0), flow="gaussian", batch_size=0, key=jax.random.key(0))

@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -45,6 +46,44 @@ def test_losses(post, tmp_path):
     assert ax.get_ylabel() == "negative ELBO"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["run 0", "run 1"]
     _assert_png(ax.figure, tmp_path / "losses.png")
+
+
+def _trailing_mean(values, window):
+    """Mean of the last `window` values up to each step (fewer at the start)."""
+    return np.array([values[max(0, i - window + 1):i + 1].mean() for i in range(len(values))])
+
+
+@pytest.mark.parametrize(("smooth", "window"), [(None, 6), (1, 1), (25, 25)])  # default: 300 steps // 50
+def test_losses_smooth_is_the_moving_average_window(post, smooth, window):
+    lines = plots.losses(post, smooth=smooth).get_lines()
+    for run in range(2):
+        raw, averaged = lines[2 * run], lines[2 * run + 1]
+        np.testing.assert_allclose(raw.get_ydata(), post.losses[run])
+        np.testing.assert_allclose(averaged.get_ydata(), _trailing_mean(post.losses[run], window), rtol=1e-12)
+    if window > 1:  # the averaged line really is smoother than the raw trace
+        assert np.std(np.diff(lines[1].get_ydata())) < 0.5 * np.std(np.diff(lines[0].get_ydata()))
+
+
+def test_density_bounds_set_the_grid(post):
+    bounds = ((-1.5, 2.0), (-1.0, 3.0))
+    fig = plots.density(post, bounds=bounds, grid=60)
+    q_mesh, p_mesh = (next(c for c in ax.collections if isinstance(c, QuadMesh)) for ax in fig.get_axes())
+    # Cell centres on np.linspace over each bound, so the drawn area is the bounds plus half a cell.
+    g0, g1 = np.linspace(*bounds[0], 60), np.linspace(*bounds[1], 60)
+    half0, half1 = (g0[1] - g0[0]) / 2, (g1[1] - g1[0]) / 2
+    np.testing.assert_allclose(fig.get_axes()[0].get_xlim(), (bounds[0][0] - half0, bounds[0][1] + half0))
+    np.testing.assert_allclose(fig.get_axes()[0].get_ylim(), (bounds[1][0] - half1, bounds[1][1] + half1))
+    # The flow panel is exp(log q) at those points (row = x1, column = x0).
+    mesh = np.stack(np.meshgrid(g0, g1), axis=-1).reshape(-1, 2)
+    q = np.exp(np.asarray(post.log_prob(mesh), dtype=np.float64)).reshape(60, 60)
+    np.testing.assert_allclose(np.asarray(q_mesh.get_array()).reshape(60, 60), q, rtol=1e-5, atol=1e-8)
+    # The target panel is the banana's density normalised on this grid: exp(log p) / (sum * cell).
+    log_p = np.array([float(banana_log_density(jnp.asarray(point))) for point in mesh[::97]])
+    p = np.asarray(p_mesh.get_array()).reshape(-1)[::97]
+    ratio = p / np.exp(log_p)
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)  # proportional to the target's density
+    with pytest.raises(ValueError, match="bounds must be"):
+        plots.density(post, bounds=(0.0, 1.0))
 
 
 def test_density(post, tmp_path):
