@@ -154,3 +154,23 @@ def test_nonfinite_site_is_named_in_the_start_up_error():
     with pytest.raises(ValueError, match=r"non-finite log density at a NumPyro initial point in site\(s\) 'wall' "
                                          r"\(factor\)"):
         flowvi.Target.from_numpyro(model)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda g, p: g.sample_posterior(1, p, sample_shape=(3,)), TypeError, r"rng_key must be a JAX PRNG key"),
+    (lambda g, p: g.sample_posterior(jax.random.split(KEY, 2), p, sample_shape=(3,)), TypeError,
+     r"rng_key must be a single PRNG key, got a batch of keys of shape \(2,\)"),
+    (lambda g, p: g.quantiles(p, [0.5], rng_key=7), TypeError, r"rng_key must be a JAX PRNG key"),
+    (lambda g, p: g.sample_posterior(KEY, p, sample_shape=(-1,)), ValueError, r"sample_shape must be a tuple"),
+    (lambda g, p: g.sample_posterior(KEY, p, sample_shape=3), ValueError, r"sample_shape must be a tuple"),
+])
+def test_autoflow_checks_its_arguments(call, error, message):
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    guide = AutoFlow(model, flow="gaussian")
+    svi = numpyro.infer.SVI(model, guide, optax.adam(1e-2), numpyro.infer.Trace_ELBO())
+    params = svi.run(KEY, 2, 1.0, progress_bar=False).params
+    with pytest.raises(error, match=message):
+        call(guide, params)

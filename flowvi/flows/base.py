@@ -169,14 +169,23 @@ def raw_scale_of(scale) -> jax.Array:
     return s + jnp.log(-jnp.expm1(-s)) - _SHIFT
 
 
+def _is_standardised(params: Any) -> bool:
+    return isinstance(params, dict) and set(params) == {"flow", "data"}
+
+
 def has_final_affine(params: Any) -> bool:
     """True when `params` end in the elementwise affine layer every family has (a custom Flow may not)."""
+    if _is_standardised(params):
+        return has_final_affine(params["flow"])
     return isinstance(params, dict) and isinstance(params.get("affine"), dict) and "loc" in params["affine"]
 
 
 def final_affine(params: dict) -> dict:
-    """The parameters ``{"loc", "raw_scale"}`` of a flow's last elementwise affine layer."""
-    return params["affine"]
+    """The parameters ``{"loc", "raw_scale"}`` of a flow's last elementwise affine layer.
+
+    For a `standardised` flow, the inner flow's last learned one (before the fixed data map).
+    """
+    return final_affine(params["flow"]) if _is_standardised(params) else params["affine"]
 
 
 def with_final_affine(params: dict, loc=None, scale=None, shift=None) -> dict:
@@ -190,7 +199,12 @@ def with_final_affine(params: dict, loc=None, scale=None, shift=None) -> dict:
         loc: ``(..., dim)`` new location, or None to keep it.
         scale: ``(..., dim)`` new positive scale, or None to keep it.
         shift: ``(..., dim)`` added to the location, or None.
+
+    For a `standardised` flow the layer is the inner flow's, so loc and scale are
+    in the standardised coordinates (before the fixed data map).
     """
+    if _is_standardised(params):
+        return {**params, "flow": with_final_affine(params["flow"], loc, scale, shift)}
     affine = dict(final_affine(params))
     if loc is not None:
         affine["loc"] = jnp.broadcast_to(jnp.asarray(loc, affine["loc"].dtype), affine["loc"].shape)

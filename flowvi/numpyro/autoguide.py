@@ -24,7 +24,7 @@ from flowvi.numpyro._model import (
     model_structure,
 )
 from flowvi.numpyro.transform import flow_distribution
-from flowvi.validation import check_known_options, check_positive_int
+from flowvi.validation import as_key, check_known_options, check_positive_int
 
 DEFAULT_QUANTILE_DRAWS = 4000
 
@@ -228,7 +228,15 @@ class AutoFlow(AutoContinuous):
 
         Returns:
             ``{site: (*sample_shape, *site_shape)}``.
+
+        Raises:
+            TypeError: `rng_key` is not one PRNG key (an int seed, a batch of keys).
+            ValueError: `sample_shape` is not a tuple of positive ints.
         """
+        rng_key = as_key(rng_key, "rng_key")
+        if not isinstance(sample_shape, tuple) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sample_shape):
+            raise ValueError(f"sample_shape must be a tuple of positive ints such as (1000,), got {sample_shape!r}.")
         self._ensure_prototype(args, kwargs, "sample_posterior")
         return super().sample_posterior(rng_key, params, sample_shape=sample_shape)
 
@@ -255,7 +263,7 @@ class AutoFlow(AutoContinuous):
         q = jnp.asarray(quantiles, dtype=float)
         if q.ndim != 1 or not bool(jnp.all((q >= 0) & (q <= 1))):
             raise ValueError(f"quantiles must be a list of probabilities in [0, 1], got {quantiles!r}.")
-        key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+        key = jax.random.key(0) if rng_key is None else as_key(rng_key, "rng_key")
         draws = self.sample_posterior(key, params, *args, sample_shape=(num_samples,), **kwargs)
         return {name: jnp.quantile(value, q, axis=0) for name, value in draws.items()}
 
