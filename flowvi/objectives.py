@@ -16,14 +16,46 @@ import jax.numpy as jnp
 from flowvi.flows import Flow
 
 ESTIMATORS = ("reparam", "stl")
+SUPPORT_PRICE = 4.0
+"""The objective's price per nat of ``-log m``, ``m`` the share of the flow's mass where the target is
+not ``-inf`` (see `negative_elbo`): large enough that a flexible flow leaves well under 1% of its mass
+outside (measured: 6% at price 0.5, 0.3% at 4, 0.2% at 9, for a spline IAF on a half-normal), small
+enough to keep the score-function term's noise moderate."""
 # fold_in constant that turns a step's key into its minibatch key (the draws use the key itself).
 DATA_STREAM = 0x0DA7A
 
 
 def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num_samples: int,
                   estimator: str = "reparam", data: Any = None,
-                  draws_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+                  draws_sharding: jax.sharding.Sharding | None = None, support_penalty: bool = False) -> jax.Array:
     """Monte Carlo estimate of ``-ELBO = E_q[log q(x) - log p~(x)]`` with ``x = T(u)``, ``u ~ N(0, I)``.
+
+    Draws where the target is ``-inf`` (zero density, e.g. outside a truncation)
+    get zero weight. With ``A`` the draws where ``log p~`` is not ``-inf``,
+    ``n_A`` of the ``n = num_samples``, and ``c = 1 + SUPPORT_PRICE``, the loss is
+
+        ``sum_{i in A} (log q(x_i) - log p~(x_i)) / n_A  -  c log(n_A / n)``,
+
+    an estimate of ``KL(q_A || p) + SUPPORT_PRICE * (-log m) - log Z``: ``q_A`` is
+    the flow restricted to the target's support and renormalised, ``m`` the share
+    of the flow's mass inside the support, Z the target's normaliser. (The reverse
+    KL itself is infinite for any flow with mass where the target has none; this
+    charges a finite price for that mass instead.) With every draw in the support,
+    the usual case, it is the plain ``mean(log q - log p~)``.
+
+    The target's gradient at excluded draws is never used (it may be NaN), so they
+    cannot poison the step. The gradient is the reparameterised gradient over the
+    draws in A (it leaves out the terms for mass crossing the support's boundary,
+    which vanish when ``q_A`` matches the target) plus, with `support_penalty`, a
+    score-function estimate of ``-c grad log m``,
+    ``c sum_{i not in A} grad_phi log q_phi(x_i) / n_A`` with the excluded draws
+    held fixed, which moves mass out of the zero-density region. It needs
+    ``log_prob`` at given points (an inverse pass), computed only in steps that
+    have excluded draws. Measured on a half-normal (a standard normal with
+    ``-inf`` for ``x < 0``): a spline IAF keeps 0.3-0.6% of its mass outside and
+    gets the mean within 0.015 of the truth 0.798; a Gaussian, which cannot
+    match it, gets 0.86 with 3% outside. NaN or ``+inf`` values, or a non-finite
+    gradient at a draw in A, make the loss non-finite, and the fit skips the step.
 
     Args:
         params: flow parameters.
@@ -42,6 +74,9 @@ def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num
         draws_sharding: sharding constraint on the base draws
             ``u: (num_samples, dim)``, e.g. split over a mesh axis; the rest of
             the batch computation follows it.
+        support_penalty: add the push out of the zero-density region (above);
+            `flowvi.fit` turns it on when the target is ``-inf`` at some probe
+            points (and refuses flows whose ``log_prob`` has no gradient, bnaf).
 
     Returns:
         Scalar loss; its value is the same for both estimators, only the gradient differs.
@@ -50,12 +85,40 @@ def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num
     x, log_q = _draws(dist, key, num_samples, draws_sharding)
     if estimator == "stl":
         log_q = flow.apply(jax.lax.stop_gradient(params)).log_prob(x)
+    log_p, inside = target_terms(log_density, x, key, data)
+    num_inside = jnp.sum(inside)
+    share = num_inside / num_samples
+    price = 1.0 + SUPPORT_PRICE
+    loss = jnp.sum(jnp.where(inside, log_q - log_p, 0.0)) / num_inside - price * jnp.log(share)
+    if support_penalty:
+        def push(x):
+            outside_log_q = flow.apply(params).log_prob(jax.lax.stop_gradient(x))
+            score = price * jnp.sum(jnp.where(inside, 0.0, outside_log_q)) / num_inside
+            return score - jax.lax.stop_gradient(score)
+        loss = loss + jax.lax.cond(num_inside < num_samples, push, lambda x: jnp.zeros((), loss.dtype), x)
+    return jnp.where(num_inside > 0, loss, jnp.inf)
+
+
+def target_terms(log_density: Callable, x: jax.Array, key: jax.Array, data: Any = None):
+    """``log p~`` at the draws ``x: (n, dim)`` with the target's gradient, and which draws count.
+
+    Returns ``(log_p, inside)``, both ``(n,)``: ``inside`` is False where the
+    target is ``-inf``. ``log_p`` has the target's value and, as a function of
+    ``x``, its gradient at the draws inside and zero elsewhere (the target is
+    differentiated draw by draw and its gradient placed by a first-order
+    surrogate, so a NaN gradient at an excluded draw goes nowhere), and 0 at
+    excluded draws. NaN and ``+inf`` values stay, and poison the loss.
+    """
+    fixed = jax.lax.stop_gradient(x)
     if data is None:
-        log_p = jax.vmap(log_density)(x)
+        values, grads = jax.vmap(jax.value_and_grad(log_density))(fixed)
     else:
         data_key = jax.random.fold_in(key, DATA_STREAM)
-        log_p = jax.vmap(log_density, in_axes=(0, None, None))(x, data, data_key)
-    return jnp.mean(log_q - log_p)
+        values, grads = jax.vmap(jax.value_and_grad(log_density), in_axes=(0, None, None))(fixed, data, data_key)
+    inside = values != -jnp.inf
+    values = jnp.where(inside, values, 0.0)
+    grads = jax.lax.stop_gradient(jnp.where(inside[:, None], grads, 0.0))
+    return values + jnp.sum(grads * (x - fixed), axis=-1), inside
 
 
 def _draws(dist, key: jax.Array, num_samples: int, sharding: jax.sharding.Sharding | None):

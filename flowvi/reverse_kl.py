@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -17,13 +18,13 @@ import optax
 
 from flowvi.data_target import DataSpec
 from flowvi.flows import Flow, resolve_flow, with_final_affine
-from flowvi.host_loop import TrainingLoop
-from flowvi.objectives import ESTIMATORS, negative_elbo
+from flowvi.host_loop import TrainingLoop, ended_worse_than_start, ran_away_downwards
+from flowvi.objectives import DATA_STREAM, ESTIMATORS, negative_elbo
 from flowvi.posterior import Posterior
 from flowvi.schedules import default_optimizer, with_horizon
 from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
-from flowvi.target import Target, as_target
-from flowvi.training import init_state, scan_steps
+from flowvi.target import Target, as_target, format_point
+from flowvi.training import RECOVERY, init_state, scan_steps
 from flowvi.validation import as_key, check_choice, check_nonnegative, check_positive_float, check_positive_int
 
 DEFAULT_CHUNK = 100
@@ -41,6 +42,7 @@ class _ReverseKLConfig:
     chunk: int
     max_bad_streak: int
     layout: Layout | None = None
+    support_penalty: bool = False
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -53,7 +55,8 @@ def _run_chunk(config: _ReverseKLConfig, states, run_keys, total_steps, active, 
     layout = config.layout
     loss_fn = functools.partial(negative_elbo, flow=config.flow, log_density=config.log_density,
                                 num_samples=config.num_samples, estimator=config.estimator, data=data,
-                                draws_sharding=None if layout is None else layout.draws_sharding())
+                                draws_sharding=None if layout is None else layout.draws_sharding(),
+                                support_penalty=config.support_penalty)
 
     def one_run(state, run_key, run_active):
         return scan_steps(loss_fn, config.optimizer, state, run_key, total_steps, config.chunk,
@@ -125,7 +128,13 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         num_runs: independent fits trained together (vmapped), for R-hat-style
             checks across runs.
         names: coordinate names (plain log density only).
-        max_bad_streak: consecutive non-finite steps after which a run halts.
+        max_bad_streak: a run halts after this many non-finite steps in a row, or
+            sooner or later when more than a fifth of its steps are non-finite
+            (see `flowvi.training.guarded_step`). A step is non-finite when
+            its loss or gradient is (or the gradient's norm overflows); it is
+            skipped and the parameters roll back to the last ones whose loss was
+            finite. A draw where the target is ``-inf`` is not non-finite: it
+            gets zero weight (see `flowvi.objectives.negative_elbo`).
         chunk_size: steps per compiled call (host sync between chunks).
         init_spread: with ``num_runs > 1``, runs after the first start with
             their location moved by ``init_spread * N(0, I)`` (in the target's
@@ -145,11 +154,24 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         **flow_hyperparameters: passed to the flow family, e.g. ``layers=4``.
 
     Returns:
-        A `flowvi.Posterior`.
+        A `flowvi.Posterior` whose parameters are, for each run, the last ones
+        whose loss was evaluated finite (the final update is not evaluated, so
+        it is not kept); ``losses`` is NaN at skipped steps.
+
+    Warns:
+        RuntimeWarning: a run halted, or skipped steps (how many, and an
+            example point where the target or its gradient is non-finite, when
+            draws of the returned flow show one); a run ended worse than it
+            started (`flowvi.host_loop.ended_worse_than_start`); the loss ran
+            away downwards, as against an unbounded target
+            (`flowvi.host_loop.ran_away_downwards`).
 
     Raises:
         TypeError: missing key, or unknown option names.
-        ValueError: a bad target, dim or option value; a num_samples or num_runs
+        ValueError: a bad target (including one that is NaN or ``+inf``, or has a
+            non-finite gradient, at some of the untrained flow's draws: see
+            `flowvi.Target.probe`), dim or option value; a target that is
+            ``-inf`` at some of those draws with ``flow="bnaf"``; a num_samples or num_runs
             that does not divide over the mesh; subsample on a target without a
             data axis or larger than its number of observations.
 
@@ -193,14 +215,23 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     layout = make_layout(mesh, num_runs, num_samples, has_data=spec is not None)
     data = _place_data(spec, layout)
     if spec is None:
-        target.probe()
+        report = target.probe()
     else:
         probe_key = jax.random.key(0)
         log_density = jax.jit(lambda x, data: spec.log_density(x, data, probe_key))
-        Target(lambda x: log_density(x, data), target.dim).probe()
+        report = Target(lambda x: log_density(x, data), target.dim).probe()
+    # Push the flow out of a zero-density region only where there is one: it costs an
+    # inverse pass in steps with draws there.
+    support_penalty = report.zero_density > 0
+    if support_penalty and flow.inverse_cost == "numerical":
+        raise ValueError(f"the target is -inf (zero density) at {report.zero_density} of {report.points} probe "
+                         f"points, and flow={flow.name!r} cannot move its mass out of such a region: its density "
+                         "at a given point is found by root finding, which has no gradient. Use another family "
+                         "(e.g. 'spline_coupling' or 'iaf'), or a target that is finite on R^dim.")
 
     config = _ReverseKLConfig(flow, target.log_density if spec is None else spec.log_density, optimizer,
-                              num_samples, estimator, min(chunk_size, steps), max_bad_streak, layout)
+                              num_samples, estimator, min(chunk_size, steps), max_bad_streak, layout,
+                              support_penalty)
     init_key, train_key = jax.random.split(key)
     start = time.perf_counter()
     states = _init_runs(flow, optimizer, num_runs, init_key, jnp.asarray(steps, jnp.int32),
@@ -208,12 +239,14 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     run_keys = jax.random.split(train_key, num_runs)
     if layout is not None:
         states, run_keys = put((states, run_keys), layout.state_sharding())
-    states, losses, reasons = _train(config, states, run_keys, steps, patience, progress, num_runs, data)
+    states, losses, skipped, reasons = _train(config, states, run_keys, steps, patience, progress, num_runs, data)
     if layout is not None:
         # Ordinary single-device arrays, the same on every process.
         states = jax.tree.map(jnp.asarray, to_host(states))
+    _check_runs(config, states, losses, skipped, reasons, data, target.dim)
+    # The parameters whose loss was last evaluated finite: the final update was never evaluated.
     return Posterior(
-        flow=flow, params=states.params, target=target, losses=losses, stop_reasons=reasons,
+        flow=flow, params=states.last_good, target=target, losses=_stack_ragged(losses), stop_reasons=reasons,
         steps_run=np.asarray(states.step), skipped_steps=np.asarray(states.skipped),
         fit_seconds=time.perf_counter() - start,
         settings={"objective": "reverse_kl", "steps": steps, "num_samples": num_samples,
@@ -234,30 +267,112 @@ def _place_data(spec: DataSpec | None, layout: Layout | None):
 
 def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int | None,
            progress: bool | None, num_runs: int, data=None):
-    """Host loop over compiled chunks; returns final states, per-run loss traces and stop reasons."""
+    """Host loop over compiled chunks; returns final states, per-run loss and skipped-step traces, stop reasons."""
     traces: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
+    skips: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
     total = jnp.asarray(steps, jnp.int32)
     with TrainingLoop("flowvi.fit", num_runs, steps, "step", patience, progress,
                       "completed all steps") as loop:
         while loop.active.any():
             states, info = _run_chunk(config, states, run_keys, total, jnp.asarray(loop.active), data)
-            loss, ran, step, halted = to_host((info.loss, info.ran, states.step, states.halted))
+            loss, ran, skipped, step, halted = to_host((info.loss, info.ran, info.skipped, states.step,
+                                                        states.halted))
             for r in np.flatnonzero(loop.active):
-                traces[r].append(loss[r][ran[r]])
+                chunk = np.where(skipped[r], np.nan, loss[r])[ran[r]]  # NaN marks a skipped step
+                traces[r].append(chunk)
+                skips[r].append(skipped[r][ran[r]])
                 if halted[r]:
-                    first_bad = int(step[r]) - config.max_bad_streak
-                    loop.stop(r, f"stopped at step {int(step[r])}: the loss or gradient was non-finite for "
-                                 f"{config.max_bad_streak} consecutive steps from step {first_bad}; "
-                                 "the parameters are the last ones whose loss was finite", warn=True)
+                    loop.stop(r, _halt_reason(int(step[r]), np.concatenate(skips[r]), config.max_bad_streak))
                 elif step[r] >= steps:
                     loop.active[r] = False
                 else:
-                    loop.check_plateau(r, loss[r][ran[r]], int(step[r]))
+                    loop.check_plateau(r, chunk, int(step[r]))
             recent = loss[np.isfinite(loss)]
             loop.report(int(step.max()), f"ELBO {-recent.mean():.4g}" if recent.size else "ELBO nan")
             loop.check_interrupt(int(step.max()))
     losses = [np.concatenate(t) if t else np.zeros(0) for t in traces]
-    return states, _stack_ragged(losses), loop.reasons
+    skipped = [np.concatenate(t) if t else np.zeros(0, bool) for t in skips]
+    return states, losses, skipped, loop.reasons
+
+
+def _halt_reason(step: int, skipped: np.ndarray, max_bad_streak: int) -> str:
+    """Why a run halted: how many of its last steps (since its bad score was last 0) were non-finite."""
+    score, start = 0.0, 0
+    for i, bad in enumerate(skipped):
+        score = score + 1.0 if bad else max(score - RECOVERY, 0.0)
+        if score == 0.0:
+            start = i + 1
+    window = skipped[start:]
+    bad = int(window.sum())
+    how = (f"for {bad} consecutive steps" if bad == window.size else
+           f"at {bad} of its last {window.size} steps (a run halts after {max_bad_streak} in a row, or "
+           "when more than a fifth of its steps are)")
+    return (f"stopped at step {step}: the loss or gradient was non-finite (or too large) {how}; the parameters are "
+            "the last ones whose loss was finite")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _draws_and_target(config: _ReverseKLConfig, params, key: jax.Array, num: int, data=None):
+    """``num`` draws of the flow, their ``log q``, and the target's value and gradient there."""
+    x, log_q = config.flow.apply(params).sample_and_log_prob(seed=key, sample_shape=(num,))
+    grad = jax.value_and_grad(config.log_density)
+    if data is None:
+        values, grads = jax.vmap(grad)(x)
+    else:
+        values, grads = jax.vmap(grad, in_axes=(0, None, None))(x, data, jax.random.fold_in(key, DATA_STREAM))
+    return x, log_q, values, grads
+
+
+_DIAGNOSE_DRAWS = 1024
+
+
+def _why_non_finite(config: _ReverseKLConfig, params, data) -> str:
+    """A sentence on where the non-finite values come from, with an example point when there is one."""
+    if config.layout is not None:
+        return "(run without mesh= to see an example point)"
+    x, log_q, values, grads = map(np.asarray, _draws_and_target(
+        config, params, jax.random.key(_DIAGNOSE_DRAWS), _DIAGNOSE_DRAWS, data))
+    if np.all(values == -np.inf):
+        return (f"The target's log density is -inf (zero density) at all {_DIAGNOSE_DRAWS} draws of the returned "
+                f"flow, e.g. at x = {format_point(x[0])}: the flow has no mass where the target has.")
+    finite_grad = np.all(np.isfinite(grads), axis=-1)
+    with np.errstate(over="ignore"):
+        huge_grad = finite_grad & ~np.isfinite(np.sqrt(np.sum(np.square(grads.astype(np.float32)), axis=-1)))
+    for where, what in [(np.isnan(values), "NaN"), (values == np.inf, "+inf"),
+                        (np.isfinite(values) & ~finite_grad, "finite but its gradient is not"),
+                        (np.isfinite(values) & huge_grad, "finite but its gradient is too large for float32 "
+                         "(norm above 1.8e19; is the target unbounded?)"),
+                        (~np.isfinite(log_q) | ~np.all(np.isfinite(x), axis=-1), None)]:
+        if where.any():
+            i = int(np.flatnonzero(where)[0])
+            count = f"{int(where.sum())} of {_DIAGNOSE_DRAWS} draws of the returned flow"
+            if what is None:
+                return f"The flow's own density is non-finite at {count}, e.g. x = {format_point(x[i])}."
+            return f"The target's log density is {what} at {count}, e.g. at x = {format_point(x[i])}."
+    return (f"The target, its gradient and the flow are finite at {_DIAGNOSE_DRAWS} draws of the returned "
+            "flow, so the non-finite values came from rarer draws or from updates too large for the target "
+            "(try a smaller learning_rate).")
+
+
+def _check_runs(config: _ReverseKLConfig, states, losses: list[np.ndarray], skipped: list[np.ndarray],
+                reasons: list[str], data, dim: int) -> None:
+    """Warn, run by run, about halts, skipped steps, and loss traces that ended worse or ran away."""
+    halted = np.asarray(states.halted)
+    for r, (trace, skips) in enumerate(zip(losses, skipped, strict=True)):
+        prefix = "flowvi.fit" if len(losses) == 1 else f"flowvi.fit run {r}"
+        problems = []
+        if halted[r] or skips.any():
+            params = jax.tree.map(lambda a, r=r: a[r], states.last_good)
+            first = (reasons[r] if halted[r] else
+                     f"{int(skips.sum())} of its {skips.size} steps were skipped because the loss or gradient "
+                     "was non-finite or too large (each rolled back to the last finite parameters)")
+            problems.append(f"{first}. {_why_non_finite(config, params, data)}")
+        for check in (ended_worse_than_start, ran_away_downwards):
+            found = check(trace, dim)
+            if found:
+                problems.append(found)
+        for problem in problems:
+            warnings.warn(f"{prefix}: {problem}", RuntimeWarning, stacklevel=3)
 
 
 def _stack_ragged(traces: list[np.ndarray]) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -155,13 +155,21 @@ class Target:
         """ArviZ dim names of each named site, from the model's plates; none here."""
         return {}
 
-    def probe(self) -> None:
+    def probe(self) -> ProbeReport:
         """Check the log density once, outside jit, at points the untrained flow samples.
+
+        A log density must be a number or ``-inf`` (zero density) at every
+        point, with a finite gradient wherever it is finite.
+
+        Returns:
+            A `ProbeReport`: how many probe points have zero density (``-inf``).
 
         Raises:
             ValueError: it fails to trace on a ``(dim,)`` input, returns a
                 non-scalar or a scalar that is not real floating point (int,
-                bool, complex), or is non-finite (value or gradient) at every probe point.
+                bool, complex), is non-finite (value or gradient) at every probe
+                point, or is NaN or ``+inf``, or has a non-finite gradient
+                where it is finite, at some probe point (the message shows one).
         """
         spec = jax.ShapeDtypeStruct((self.dim,), jnp.result_type(float))
         try:
@@ -180,14 +188,49 @@ class Target:
                              else " (cast it with jnp.asarray(..., float) if it is meant as a number)") + ".")
         points = jax.random.normal(jax.random.key(0), (_PROBE_POINTS, self.dim))
         values, grads = jax.vmap(jax.value_and_grad(self.log_density))(points)
-        ok = np.isfinite(np.asarray(values)) & np.all(np.isfinite(np.asarray(grads)), axis=-1)
+        values, grads, points = np.asarray(values), np.asarray(grads), np.asarray(points)
+        ok = np.isfinite(values) & np.all(np.isfinite(grads), axis=-1)
         if not ok.any():
             raise ValueError(
                 f"log_density (or its gradient) is non-finite at all {_PROBE_POINTS} points drawn from the "
                 "untrained flow (a standard normal on R^dim). flowvi needs an unconstrained target: "
                 "transform constrained coordinates to R first (NumPyro models do this with "
                 "flowvi.Target.from_numpyro). Values seen: "
-                f"{np.asarray(values)[:4].tolist()}.")
+                f"{values[:4].tolist()}.")
+        problems = [
+            (np.isnan(values), "NaN", "a log density is a number, or -inf where the density is zero (write "
+             "-inf there: flowvi gives such draws zero weight)"),
+            (values == np.inf, "+inf", "an infinite density has no ELBO to maximise"),
+            (np.isfinite(values) & ~np.all(np.isfinite(grads), axis=-1), "finite with a non-finite gradient",
+             "often a jnp.where whose unused branch has a NaN derivative (e.g. sqrt or log of a negative "
+             "number): make that branch's input safe as well"),
+        ]
+        for where, what, hint in problems:
+            if where.any():
+                i = int(np.flatnonzero(where)[0])
+                raise ValueError(
+                    f"log_density is {what} at {int(where.sum())} of {_PROBE_POINTS} points drawn from the "
+                    f"untrained flow (a standard normal), e.g. at x = {format_point(points[i])}: {hint}.")
+        return ProbeReport(int(np.sum(values == -np.inf)), _PROBE_POINTS)
+
+
+class ProbeReport(NamedTuple):
+    """What `Target.probe` found.
+
+    Attributes:
+        zero_density: probe points where the log density is ``-inf``.
+        points: probe points.
+    """
+
+    zero_density: int
+    points: int
+
+
+def format_point(x, max_coords: int = 6) -> str:
+    """A point ``x: (dim,)`` for a message: a few significant digits, long vectors shortened."""
+    x = np.asarray(x, dtype=float).ravel()
+    shown = ", ".join(f"{v:.3g}" for v in x[:max_coords])
+    return f"[{shown}{', ...' if x.size > max_coords else ''}]"
 
 
 def as_target(target_or_log_density: Any, dim: int | None, names: Sequence[str] | None = None) -> Target:

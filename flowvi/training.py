@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+RECOVERY = 0.25
+"""How much of a non-finite step one finite step forgives (see `guarded_step`)."""
+
 
 class TrainState(NamedTuple):
     """Per-run optimisation state (all arrays; leading run axis when vmapped).
@@ -21,11 +24,13 @@ class TrainState(NamedTuple):
         params: flow parameters (where the next step evaluates the loss).
         opt_state: optax state.
         last_good: the parameters at which the loss and gradient were last
-            evaluated finite; a non-finite step rolls `params` back to them.
+            evaluated finite (the initial ones before any such step); a
+            non-finite step rolls `params` back to them, and a fit returns them.
         step: steps run so far (skipped steps included).
         skipped: steps skipped because the loss or gradient was non-finite.
-        bad_streak: consecutive non-finite steps.
-        halted: True once `bad_streak` reached the limit; no further updates.
+        bad_score: +1 for each non-finite step, ``-RECOVERY`` for each finite one
+            (never below 0); the run halts when it reaches ``max_bad_streak``.
+        halted: True once it did; no further updates.
     """
 
     params: Any
@@ -33,7 +38,7 @@ class TrainState(NamedTuple):
     last_good: Any
     step: jax.Array
     skipped: jax.Array
-    bad_streak: jax.Array
+    bad_score: jax.Array
     halted: jax.Array
 
 
@@ -49,7 +54,8 @@ class StepInfo(NamedTuple):
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
     """Fresh state for `params`."""
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(params, optimizer.init(params), params, zero, zero, zero, jnp.zeros((), bool))
+    return TrainState(params, optimizer.init(params), params, zero, zero, jnp.zeros((), jnp.float32),
+                      jnp.zeros((), bool))
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -60,34 +66,44 @@ def all_finite(tree: Any) -> jax.Array:
 
 def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Array,
                  optimizer: optax.GradientTransformation, max_bad_streak: int) -> tuple[TrainState, StepInfo]:
-    """Apply one optimiser update unless the loss or gradient is non-finite.
+    """Apply one optimiser update unless the loss or gradient is non-finite (or the gradient's norm overflows).
 
     `loss` and `grads` were evaluated at ``state.params``. A finite step records
-    those parameters as ``last_good`` and moves on; a non-finite one leaves the
-    optimiser state untouched, rolls the parameters back to ``last_good`` (the
-    last ones whose loss was actually evaluated finite, not the update that
-    produced the non-finite value) and is counted; `max_bad_streak` of them in a
-    row halt the run. `active=False` (early-stopped or finished) is a no-op.
+    those parameters as ``last_good`` and applies the update. A non-finite one
+    leaves the optimiser state untouched, rolls the parameters back to
+    ``last_good`` (the last ones whose loss was actually evaluated finite, not
+    the update that produced the non-finite value) and is counted.
+
+    The run halts when ``bad_score`` (+1 per non-finite step, ``-RECOVERY`` per
+    finite one) reaches `max_bad_streak`: after `max_bad_streak` non-finite
+    steps in a row, or sooner or later whenever more than a fifth of the steps
+    are non-finite. (A rollback alone can make a run alternate for ever between
+    a finite step whose update is too large and a non-finite one.) Rare
+    non-finite steps, e.g. an occasional draw where the target overflows, are
+    forgiven. `active=False` (early-stopped or finished) is a no-op.
     """
     run = active & ~state.halted
-    finite = jnp.isfinite(loss) & all_finite(grads)
+    grad_norm = optax.tree.norm(grads)
+    # A gradient whose norm overflows float32 is no use either: clipping by it zeroes the update.
+    finite = jnp.isfinite(loss) & all_finite(grads) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     apply = run & finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)  # noqa: E731
     bad = run & ~finite
     rolled_back = jax.tree.map(lambda good, now: jnp.where(bad, good, now), state.last_good, state.params)
-    bad_streak = jnp.where(bad, state.bad_streak + 1, jnp.where(apply, 0, state.bad_streak))
+    bad_score = jnp.where(bad, state.bad_score + 1.0,
+                          jnp.where(apply, jnp.maximum(state.bad_score - RECOVERY, 0.0), state.bad_score))
     new_state = TrainState(
         params=keep(new_params, rolled_back),
         opt_state=keep(new_opt_state, state.opt_state),
         last_good=keep(state.params, state.last_good),
         step=state.step + run.astype(jnp.int32),
         skipped=state.skipped + bad.astype(jnp.int32),
-        bad_streak=bad_streak,
-        halted=state.halted | (bad_streak >= max_bad_streak),
+        bad_score=bad_score,
+        halted=state.halted | (bad_score >= max_bad_streak),
     )
-    return new_state, StepInfo(loss, optax.tree.norm(grads), run, bad)
+    return new_state, StepInfo(loss, grad_norm, run, bad)
 
 
 def scan_steps(loss_fn: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation,
