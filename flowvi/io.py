@@ -269,6 +269,7 @@ def read(path: str | os.PathLike, target: Target | Any = None) -> dict[str, Any]
     hyper = _field(path, spec, "hyperparameters", dict, "flow.")
     if name not in FAMILIES or dim < 1:
         raise _damaged(path, f"it names the flow {name!r} with dim={dim}")
+    _check_meaning_unchanged(path, meta, name, hyper)
     try:
         flow: Flow = make_flow(name, dim, **hyper)
     except (TypeError, ValueError) as err:
@@ -312,6 +313,29 @@ def read(path: str | os.PathLike, target: Target | Any = None) -> dict[str, Any]
         flow=flow, params=jax.tree.unflatten(treedef, leaves), target=target, losses=losses,
         stop_reasons=list(stop_reasons), steps_run=steps_run, skipped_steps=skipped,
         fit_seconds=float(fit_seconds), settings=dict(settings), validation_losses=validation)
+
+
+# Parameters whose meaning changed while their shapes did not: (family, hyperparameter set True) -> the first
+# version with the new meaning. 0.3.0 scales the off-diagonal of the LU linear layers by 1/sqrt(dim).
+_MEANING_CHANGED = {("affine_coupling", "linear"): (0, 3, 0), ("spline_coupling", "linear"): (0, 3, 0)}
+
+
+def _version_tuple(text: Any) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:3])
+    except ValueError:
+        return (0,)
+
+
+def _check_meaning_unchanged(path, meta: dict, name: str, hyper: dict) -> None:
+    """Refuse a file whose parameters would load with the right shapes but another meaning."""
+    written_by = meta.get("flowvi_version")
+    for (family, option), since in _MEANING_CHANGED.items():
+        if name == family and hyper.get(option, True) and _version_tuple(written_by) < since:
+            raise ValueError(f"{str(path)!r} was written by flowvi {written_by}; since flowvi "
+                             f"{'.'.join(map(str, since))} the {option} layers of {family!r} flows are "
+                             "parameterised differently, so these parameters would load as another flow. "
+                             "Refit with this version.")
 
 
 def _layout_cause(meta: dict) -> str:

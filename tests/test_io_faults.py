@@ -169,3 +169,28 @@ def test_file_without_fingerprint_loads_without_warning(fitted, tmp_path):
         arrays.pop("fingerprint_log_p")
     _rewrite(path, change_arrays=drop)  # as written by flowvi before fingerprints
     flowvi.load(path, lambda x: -0.5 * jnp.sum((x - 1.0) ** 2))
+
+
+def _rewrite_version(path, version):
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    meta["flowvi_version"] = version
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_coupling_linear_layers_from_before_0_3_are_refused(tmp_path, linear):
+    # 0.3.0 rescaled the LU layers' off-diagonal by 1/sqrt(dim): same shapes, another map.
+    flow = flowvi.flows.make_flow("affine_coupling", 3, layers=1, hidden=(4,), linear=linear)
+    post = flowvi.fit(lambda x: -0.5 * jnp.sum(x ** 2), dim=3, flow=flow, steps=2, key=jax.random.key(0))
+    path = tmp_path / "old.flowvi"
+    post.save(path)
+    _rewrite_version(path, "0.2.0")
+    if linear:
+        with pytest.raises(ValueError, match="written by flowvi 0.2.0.*parameterised differently"):
+            flowvi.load(path)
+    else:
+        np.testing.assert_array_equal(flowvi.load(path).sample(jax.random.key(1), 3), post.sample(jax.random.key(1), 3))
