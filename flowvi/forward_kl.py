@@ -135,7 +135,8 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
         optimizer: any optax GradientTransformation.
         validation_fraction: held-out fraction in ``(0, 1)``.
         progress: progress bar over epochs (default: when stderr is a terminal).
-        max_bad_streak: consecutive non-finite steps after which training halts.
+        max_bad_streak: training halts after this many non-finite steps in a row, or sooner or later
+            when more than a fifth of its steps are (see `flowvi.training.guarded_step`).
         **flow_hyperparameters: passed to the flow family.
 
     Returns:
@@ -209,9 +210,9 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
                 best_params, best_val, best_epoch = state.params, val_loss, epoch + 1
             loop.report(epoch + 1, f"train NLL {train_loss:.4g}  held-out NLL {val_losses[-1]:.4g}")
             if bool(state.halted):
-                loop.stop(0, f"stopped in epoch {epoch + 1}: the loss or gradient was non-finite for "
-                             f"{max_bad_streak} consecutive steps; the parameters are those with the best "
-                             "held-out NLL", warn=True)
+                loop.stop(0, f"stopped in epoch {epoch + 1}: the loss or gradient was non-finite at too many "
+                             f"steps ({max_bad_streak} in a row, or more than a fifth of the recent ones); the "
+                             "parameters are those with the best held-out NLL", warn=True)
             elif not np.isfinite(train_loss):
                 loop.stop(0, f"stopped in epoch {epoch + 1}: the loss was non-finite in every batch of the "
                              f"epoch ({int(bad_batches)} batches); the parameters are those with the best "
