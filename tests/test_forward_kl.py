@@ -129,15 +129,17 @@ def test_stops_after_max_bad_streak_non_finite_steps_and_keeps_the_start():
                                   key=jax.random.key(0))
     assert post.steps_run.tolist() == [1] and post.skipped_steps.tolist() == [3]
     assert np.isnan(post.losses).all() and np.isnan(post.validation_losses).all()
-    # No step was taken: the parameters are the start, the training rows' mean and sd.
-    train = data[np.asarray(jax.random.permutation(jax.random.split(jax.random.key(0), 3)[0], 500))[50:]]
-    np.testing.assert_allclose(flowvi.flows.final_affine(post.params)["loc"][0], train.mean(0), rtol=1e-5)
+    # No step was taken: the flow's own last layer is still the identity it starts at (the data's
+    # mean and sd live in the fixed map fit_samples puts after the flow).
+    affine = flowvi.flows.final_affine(post.params)
+    np.testing.assert_array_equal(affine["loc"], 0.0)
+    np.testing.assert_array_equal(affine["raw_scale"], 0.0)
 
 
 def test_stops_when_every_batch_of_an_epoch_is_non_finite():
     data = _mixture(200, 8)  # one batch per epoch, so the streak limit (20) is never reached
-    with pytest.warns(RuntimeWarning, match=r"stopped in epoch 1: every batch of the epoch was non-finite "
-                                            r"\(1 batches\)"):
+    with pytest.warns(RuntimeWarning, match=r"stopped in epoch 1: the loss was non-finite in every batch of "
+                                            r"the epoch \(1 batches\)"):
         post = flowvi.fit_samples(data, flow=_nan_flow(2), max_epochs=5, key=jax.random.key(0))
     assert post.steps_run.tolist() == [1] and post.skipped_steps.tolist() == [1]
 
@@ -159,7 +161,8 @@ def test_custom_optimizer_is_used_and_patience_none_never_stops():
     # The default optimizer (Adam) does move from the same start.
     moving = flowvi.fit_samples(data, flow="gaussian", max_epochs=2, key=jax.random.key(0))
     assert moving.validation_losses[1] != frozen.validation_losses[0]
-    np.testing.assert_array_equal(moving.params["affine"]["loc"] != frozen.params["affine"]["loc"], True)
+    moved = flowvi.flows.final_affine(moving.params)["loc"] != flowvi.flows.final_affine(frozen.params)["loc"]
+    np.testing.assert_array_equal(moved, True)
 
 
 def _counting_sgd(calls):
