@@ -141,9 +141,11 @@ def test_same_key_same_export_and_resampling_reweights():
     # Every resampled draw is one of the run's own draws (same draw key).
     for r in range(2):
         assert np.isin(resampled[r], raw[r]).all()
-    assert abs(raw.std() - 1.0) < 0.05
-    # PSIS-resampled sd estimates 1.3 with relative error about 1 / sqrt(2 ESS), ESS ~ 0.7 * 8000.
-    np.testing.assert_allclose(resampled.std(), 1.3, rtol=0.06)
+    # 8000 draws of N(0, 1): the s.e. of their sd is 1 / sqrt(2 * 8000) = 0.0079 (0.0077 over 40 keys).
+    assert abs(raw.std() - 1.0) < 4 * 0.0079
+    # The PSIS-resampled sd estimates 1.3: over 40 keys it scattered by 2.0% (mean 1.2925), twice
+    # the 1 / sqrt(2 ESS) = 0.9% that ESS ~ 0.7 * 8000 suggests (resampling repeats draws). 4 s.e.
+    np.testing.assert_allclose(resampled.std(), 1.3, rtol=4 * 0.020)
     stats_ = _group(idata, "sample_stats")
     np.testing.assert_allclose(stats_["log_weight"], stats_["log_p"] - stats_["log_q"])
 
@@ -187,10 +189,10 @@ def test_numpyro_target_groups_dims_shapes(regression_post, regression_idata):
 
     predictive = _group(idata, "posterior_predictive")
     assert predictive["y"].dims == ("chain", "draw", "obs_id") and predictive["y"].shape == (2, NUM_DRAWS, N_OBS)
-    # Fresh draws of y given each posterior draw: standardised residuals are N(0, 1);
-    # 2 * NUM_DRAWS * N_OBS = 8000 of them give a sd within 0.05 (4 sampling sds).
+    # Fresh draws of y given each posterior draw: standardised residuals are N(0, 1); for
+    # 2 * NUM_DRAWS * N_OBS = 8000 of them the s.e. of the mean is 0.0112, of the sd 0.0079: 4 s.e.
     z = (predictive["y"].values - posterior["mu"].values) / posterior["sigma"].values[..., None]
-    assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.05
+    assert abs(z.mean()) < 4 * 0.0112 and abs(z.std() - 1.0) < 4 * 0.0079
 
 
 def test_numpyro_user_dims_and_coords(regression_post):
@@ -205,13 +207,78 @@ def test_numpyro_user_dims_and_coords(regression_post):
     assert list(_group(idata, "observed_data")["obs_id"].values) == labels
 
 
-# az.loo warns (and still answers) when some observation's k-hat is high; that is its verdict, not ours.
-@pytest.mark.filterwarnings("ignore:Estimated shape parameter of Pareto:UserWarning")
-def test_loo_runs_on_a_numpyro_regression(regression_idata):
-    loo = az.loo(regression_idata, pointwise=True)
-    elpd = loo["elpd_loo"] if arviz_major() < 1 else loo.elpd
-    assert np.isfinite(elpd)
-    assert np.asarray(loo.pareto_k).shape == (N_OBS,)
+PRIOR_SD, KNOWN_SIGMA = 5.0, 0.5
+LOO_OBS, LOO_STEPS, LOO_DRAWS = 50, 1000, 4000
+
+
+def known_sigma_regression(x, y=None):
+    """The regression with sigma known: conjugate, so its exact leave-one-out predictive is closed form."""
+    alpha = numpyro.sample("alpha", dist.Normal(0.0, PRIOR_SD))
+    beta = numpyro.sample("beta", dist.Normal(0.0, PRIOR_SD).expand([2]).to_event(1))
+    with numpyro.plate("obs_id", x.shape[0]):
+        numpyro.sample("y", dist.Normal(alpha + x @ beta, KNOWN_SIGMA), obs=y)
+
+
+def exact_loo(x, y) -> np.ndarray:
+    """log p(y_i | y_-i) of `known_sigma_regression` for every i, by the conjugate update (float64)."""
+    design = np.column_stack([np.ones(len(y)), x]).astype(np.float64)
+    y = np.asarray(y, np.float64)
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        precision = np.eye(3) / PRIOR_SD**2 + design[keep].T @ design[keep] / KNOWN_SIGMA**2
+        cov = np.linalg.inv(precision)
+        mean = cov @ design[keep].T @ y[keep] / KNOWN_SIGMA**2
+        out[i] = stats.norm.logpdf(y[i], design[i] @ mean, np.sqrt(design[i] @ cov @ design[i] + KNOWN_SIGMA**2))
+    return out
+
+
+def test_loo_on_a_conjugate_regression_matches_the_exact_leave_one_out():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(LOO_OBS, 2)).astype(np.float32)
+    y = (1.0 + x @ np.array([2.0, -1.0]) + KNOWN_SIGMA * rng.normal(size=LOO_OBS)).astype(np.float32)
+    target = flowvi.Target.from_numpyro(known_sigma_regression, x, y=y)
+    post = flowvi.fit(target, flow="gaussian", covariance="full", steps=LOO_STEPS, learning_rate=2e-2,
+                      key=jax.random.key(0))
+    loo = az.loo(post.to_arviz(jax.random.key(1), num_draws=LOO_DRAWS), pointwise=True)
+    elpd = float(loo["elpd_loo"] if arviz_major() < 1 else loo.elpd)
+    pointwise = np.asarray(loo.loo_i if arviz_major() < 1 else loo.elpd_i)
+    exact = exact_loo(x, y)
+    # Over 4 fit keys x 8 export keys the estimate scattered by 0.050 around the exact elpd (-35.38;
+    # mean offset under 0.025), each term by at most 0.020; k-hat stayed under 0.43. Tolerances: 4 s.e.
+    assert np.asarray(loo.pareto_k).shape == (LOO_OBS,) and np.all(np.asarray(loo.pareto_k) < 0.7)
+    assert abs(elpd - exact.sum()) < 4 * 0.050
+    np.testing.assert_allclose(pointwise, exact, atol=4 * 0.020)
+
+
+def test_log_likelihood_false_leaves_the_group_out(regression_post, regression_idata):
+    post, _, _ = regression_post
+    idata = post.to_arviz(jax.random.key(1), num_draws=NUM_DRAWS, log_likelihood=False, posterior_predictive=True)
+    assert _groups(idata) == _groups(regression_idata) - {"log_likelihood"}
+    # The same key gives the same draws with or without the group.
+    for group in ("posterior", "observed_data", "posterior_predictive"):
+        xr.testing.assert_equal(_group(idata, group), _group(regression_idata, group))
+
+
+def test_resampling_a_numpyro_target_keeps_sites_consistent(regression_post):
+    post, x, y = regression_post
+    raw = post.to_arviz(jax.random.key(1), num_draws=NUM_DRAWS)
+    idata = post.to_arviz(jax.random.key(1), num_draws=NUM_DRAWS, resample=True)
+    assert _group(idata, "posterior").attrs["resampled"] == 1
+    posterior, raw_posterior = _group(idata, "posterior"), _group(raw, "posterior")
+    # Each resampled draw is one of the run's own (constrained) draws, deterministic site included ...
+    for r in range(2):
+        raw_rows = {tuple(row) for row in raw_posterior["beta"].values[r]}
+        assert all(tuple(row) in raw_rows for row in posterior["beta"].values[r])
+        assert np.isin(posterior["sigma"].values[r], raw_posterior["sigma"].values[r]).all()
+        assert len(np.unique(posterior["sigma"].values[r])) < NUM_DRAWS  # a resample: some draws repeat
+    np.testing.assert_allclose(posterior["mu"], posterior["alpha"].values[..., None]
+                               + np.einsum("nk,cdk->cdn", x, posterior["beta"].values), rtol=1e-4, atol=1e-4)
+    # ... and the weights and the log likelihood moved with it.
+    stats_ = _group(idata, "sample_stats")
+    np.testing.assert_allclose(stats_["log_weight"], stats_["log_p"] - stats_["log_q"])
+    expected = stats.norm.logpdf(y, posterior["mu"].values, posterior["sigma"].values[..., None])
+    np.testing.assert_allclose(_group(idata, "log_likelihood")["y"], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_netcdf_round_trip(regression_idata, tmp_path):

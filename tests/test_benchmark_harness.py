@@ -1,44 +1,103 @@
 """Pieces of the benchmark harness that need no fitting: timing protocol, targets, tables."""
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from benchmarks import report, throughput
-from benchmarks.runners.common import measure
+from benchmarks.runners import common
+from benchmarks.runners.common import measure, timed_fit
 from benchmarks.targets import get_target, is_target
 
 
-def _fake_fit(fixed_s: float, per_step_s: float, first_call_extra_s: float):
-    """A 'fit' whose wall time is known: fixed cost + steps * per-step cost (+ extra on the first call)."""
+class FakeClock:
+    """Stands in for time.perf_counter: time moves only when a fake fit says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A fake clock for the timing protocol, and a record of the cache clears (one per cold fit)."""
+    fake = FakeClock()
+    fake.clears = 0
+
+    def clear_caches():
+        fake.clears += 1
+
+    monkeypatch.setattr(common, "time", fake)
+    monkeypatch.setattr(common.jax, "clear_caches", clear_caches)
+    return fake
+
+
+def fake_fit(clock, fixed_s, per_step_s, first_call_extra_s=0.0, jitter_s=0.0):
+    """A 'fit' whose wall time is exactly fixed + steps * per_step (+ extra on the first call).
+
+    Every other call after the first also takes `jitter_s` longer: the protocol's best-of-two
+    warm fits must see through it.
+    """
     calls = []
 
     def fit(n):
-        time.sleep(fixed_s + n * per_step_s + (first_call_extra_s if not calls else 0.0))
+        extra = first_call_extra_s if not calls else (jitter_s if len(calls) % 2 else 0.0)
+        clock.now += fixed_s + n * per_step_s + extra
         calls.append(n)
         return {"n": n}
 
     return fit, calls
 
 
-def test_measure_recovers_the_per_step_cost_and_compile_time():
-    fit, calls = _fake_fit(fixed_s=0.05, per_step_s=1e-3, first_call_extra_s=0.2)
+def test_measure_grows_m_until_resolved_and_cancels_the_fixed_cost(clock):
+    # K = 50: T_K = 0.1 s. M = 100 adds 0.05 s < min_extra_s = 0.1, so M grows 4-fold to 400 (+0.35 s).
+    fit, calls = fake_fit(clock, fixed_s=0.05, per_step_s=1e-3, first_call_extra_s=0.2, jitter_s=0.03)
     state, t = measure(fit, steps=100, min_extra_s=0.1, timing_steps=50)
     assert state == {"n": 100}  # the cold fit's state, full length
-    assert calls[0] == 100 and set(calls[1:]) <= {50, 100, 400, 1600}  # warm fits at K = min(N, timing_steps)
-    assert t["rate_resolved"]
-    assert t["s_per_1000"] == pytest.approx(1.0, rel=0.25)
-    # compile_s = T_cold - N * per_step = first-call extra + fixed per-call cost
-    assert t["compile_s"] == pytest.approx(0.25, abs=0.06)
+    assert calls == [100, 50, 50, 100, 100, 400, 400]  # cold N, then each warm length twice
+    assert clock.clears == 1  # only the cold fit starts from empty caches
+    assert t["rate_resolved"] and t["timing_steps"] == [50, 400]
+    assert t["fit_s"] == pytest.approx(0.35) and t["warm_fit_s"] == pytest.approx(0.1)  # jitter: best of two
+    assert t["s_per_1000"] == pytest.approx(1.0)  # (T_M - T_K) / (M - K): the fixed 0.05 s cancels
+    assert t["compile_s"] == pytest.approx(0.25)  # T_cold - N * per_step: first-call extra + fixed cost
 
 
-def test_measure_flags_a_rate_it_cannot_resolve():
-    fit, _ = _fake_fit(fixed_s=0.05, per_step_s=0.0, first_call_extra_s=0.0)
+def test_measure_stops_at_max_factor_and_flags_an_unresolved_rate(clock):
+    # 1e-4 s per step: T_M - T_K reaches only 0.007 s at M = 8 K, under min_extra_s = 0.1.
+    fit, calls = fake_fit(clock, fixed_s=0.05, per_step_s=1e-4)
+    _, t = measure(fit, steps=10, min_extra_s=0.1, max_factor=8)
+    assert calls == [10, 10, 10, 20, 20, 80, 80]
+    assert not t["rate_resolved"] and t["timing_steps"] == [10, 80]
+    assert t["s_per_1000"] == pytest.approx(0.1)  # still the difference quotient, flagged unresolved
+
+
+def test_measure_gives_nan_when_the_longer_fit_is_not_slower(clock):
+    fit, _ = fake_fit(clock, fixed_s=0.05, per_step_s=0.0)
     _, t = measure(fit, steps=10, min_extra_s=0.1, max_factor=8)
     assert not t["rate_resolved"]
-    assert math.isnan(t["s_per_1000"]) or t["s_per_1000"] < 5.0  # only timer jitter is left
+    assert math.isnan(t["s_per_1000"])
+
+
+def test_fast_timing_divides_one_warm_fit_by_its_steps(clock):
+    fit, calls = fake_fit(clock, fixed_s=0.05, per_step_s=1e-3, first_call_extra_s=0.2)
+    _, t = measure(fit, steps=100, timing="fast")
+    assert calls == [100, 100]
+    assert t["s_per_1000"] == pytest.approx(1.5)  # T_N / N: the fixed per-call cost included
+    assert t["compile_s"] == pytest.approx(0.2)  # T_cold - T_N
+
+
+def test_equal_time_mode_runs_budget_over_rate_steps_up_to_the_cap(clock):
+    fit, calls = fake_fit(clock, fixed_s=0.05, per_step_s=1e-3, first_call_extra_s=0.2)
+    state, t = timed_fit(fit, steps=100, time_budget=0.3)  # full protocol: 1 ms per step -> 300 steps
+    assert calls[-1] == 300 and state == {"n": 300}
+    assert t["steps"] == 300 and t["calib_steps"] == 100 and not t["capped"]
+    assert t["train_s"] == pytest.approx(0.05 + 0.3)
+    fit, calls = fake_fit(clock, fixed_s=0.05, per_step_s=1e-3)
+    _, t = timed_fit(fit, steps=100, time_budget=10.0, max_factor=20)  # 10000 steps wanted, 2000 allowed
+    assert calls[-1] == 2000 and t["steps"] == 2000 and t["capped"]
 
 
 def test_gauss_targets_of_any_dimension():

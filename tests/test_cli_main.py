@@ -7,12 +7,15 @@ import sys
 
 import arviz as az
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import flowvi
 from flowvi.cli import main
 from flowvi.cli.main import OUTPUTS
-from flowvi.cli.model_file import load_model_file
+from flowvi.cli.model_file import ModelFileError, load_model_file
+from flowvi.cli.report import MAX_SUMMARY_ROWS, summary_table
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODEL_FILES = sorted(p for p in (ROOT / "models").glob("*.py") if p.name != "__init__.py")
@@ -68,15 +71,22 @@ def _one_line_error(capsys, argv, *expected):
     return err
 
 
-@pytest.mark.parametrize("path", MODEL_FILES + ["data"], ids=[p.stem for p in MODEL_FILES] + ["data_axis_file"])
-def test_fit_every_model_file(path, tmp_path, capsys):
+# The whole pipeline (fit, diagnostics, export, report) runs once per kind of model file: the
+# banana with every kind of flow option, the NumPyro model with constrained, matrix-valued and
+# deterministic sites, the samples file, and a file with a data axis (plus --subsample). That
+# every other model file is a valid one of its kind is checked without fitting, below.
+PIPELINE = {"log_density": ROOT / "models" / "banana.py", "numpyro": ROOT / "models" / "constrained.py",
+            "samples": ROOT / "models" / "chequerboard.py", "data": "data"}
+
+
+@pytest.mark.parametrize("kind", list(PIPELINE))
+def test_fit_one_model_file_of_each_kind(kind, tmp_path, capsys):
+    path = PIPELINE[kind]
     if path == "data":
         path = tmp_path / "data_model.py"
         path.write_text(DATA_MODEL)
-    kind = _kind(path)
+    assert _kind(path) == kind
     flow = BANANA_OPTIONS if path.stem == "banana" else TINY_FLOW[kind]
-    if path.stem == "logistic_regression":
-        flow = flow + ["--subsample", "32"]  # NumPyro plate subsampling
     argv = ["fit", str(path), "--out", str(tmp_path)] + flow + ([] if kind == "samples" else TINY)
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -87,15 +97,39 @@ def test_fit_every_model_file(path, tmp_path, capsys):
     if kind != "samples":
         for text in ("ELBO", "log Z", "Pareto k-hat", "verdict:", "importance ESS", "R-hat across runs", "r_hat"):
             assert text in out
+    if kind == "numpyro":  # latent sites listed before the deterministic ones
+        assert out.index("\nsigma ") < out.index("\ncorr[0, 0]") and out.index("\nL[0, 0]") < out.index("\ncov[0, 0]")
     if path.stem == "banana":
         post = flowvi.load(tmp_path / "flow.flowvi")
         assert post.flow.options == {"layers": 1, "hidden": (4, 4), "bins": 3, "transformer": "spline",
                                      "bound": 5.0}
         assert post.settings["learning_rate"] == 1e-2 and post.settings["num_samples"] == 8
         assert post.settings["patience"] == 500
+    if kind == "data":
+        assert flowvi.load(tmp_path / "flow.flowvi").settings["subsample"] == 16
     idata = az.from_netcdf(tmp_path / "posterior.nc")
     assert idata.posterior.sizes["chain"] == (1 if kind == "samples" else 2)
     assert flowvi.load(tmp_path / "flow.flowvi").num_runs == (1 if kind == "samples" else 2)
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])
+def test_every_model_file_is_a_valid_model_file(path):
+    model = load_model_file(path)
+    assert model.kind == _kind(path)
+    assert FOUND[model.kind].removeprefix("defines ") in model.describe()
+    if model.kind == "log_density":  # cheap; NumPyro targets are built in test_models_files / test_numpyro_*
+        target = model.target()
+        assert target.dim == model.module.dim
+        assert np.isfinite(float(target.log_density(jnp.zeros(target.dim))))
+    if model.kind == "samples":
+        assert model.samples().ndim == 2
+
+
+def test_summary_table_shows_at_most_its_rows_and_says_how_many_are_left():
+    idata = az.from_dict(posterior={"x": np.random.default_rng(0).normal(size=(2, 50, MAX_SUMMARY_ROWS + 7))})
+    lines = summary_table(idata).splitlines()
+    assert len(lines) == 1 + MAX_SUMMARY_ROWS + 1  # header, rows, the note
+    assert lines[-1].startswith("... (7 more rows; all of them: az.summary(")
 
 
 def test_demo_writes_outputs_and_reloads(tmp_path, capsys):
@@ -207,3 +241,60 @@ def test_console_script_exit_status_and_message(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"flowvi fit: error: model file {str(tmp_path / 'missing.py')!r} does not exist."
     assert result.stdout == ""
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"flowvi {flowvi.__version__}"
+
+
+def test_traceback_flag_raises_instead_of_one_line(capsys, tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("import numpy as np\n\nx = undefined_name + 1\n")
+    with pytest.raises(ModelFileError, match="failed to import: NameError") as info:
+        main(["fit", str(path), "--traceback"])
+    assert isinstance(info.value.__cause__, NameError)  # the user's error, with its traceback
+    # A bad option value found by the fit itself: the library's own exception.
+    with pytest.raises(ValueError, match="estimator='stl'"):
+        main(["fit", BANANA, "--flow", "iaf", "--estimator", "stl", "--no-progress", "--out", str(tmp_path),
+              "--traceback"])
+    assert capsys.readouterr().err == ""  # nothing was reduced to one line
+
+
+GAUSSIAN_FIT = ["--flow", "gaussian", "--steps", "20", "--runs", "1", "--num-samples", "8", "--draws", "200",
+                "--no-progress"]
+
+
+def _fitted_params(folder):
+    return jax.tree.leaves(flowvi.load(folder / "flow.flowvi").params)
+
+
+def test_same_seed_same_fit_and_export(tmp_path, capsys):
+    runs = {}
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        assert main(["fit", BANANA, *GAUSSIAN_FIT, "--seed", seed, "--out", str(tmp_path / name)]) == 0
+        runs[name] = az.from_netcdf(tmp_path / name / "posterior.nc").posterior["x"].values
+    capsys.readouterr()
+    for x, y in zip(_fitted_params(tmp_path / "a"), _fitted_params(tmp_path / "b"), strict=True):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert not np.allclose(runs["a"], runs["c"])
+    assert not all(np.allclose(x, y) for x, y in zip(_fitted_params(tmp_path / "a"), _fitted_params(tmp_path / "c"),
+                                                     strict=True))
+
+
+def test_devices_spreads_the_fit_and_matches_one_device(tmp_path, capsys):
+    # JAX fixes its device count at import: the 2-device fit runs in a subprocess with 2 simulated
+    # CPU devices; the Monte Carlo batch (8 draws) is split over them.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-m", "flowvi", "fit", BANANA, *GAUSSIAN_FIT, "--devices", "2",
+                             "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["fit", BANANA, *GAUSSIAN_FIT, "--devices", "1", "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    two, one = flowvi.load(tmp_path / "two" / "flow.flowvi"), flowvi.load(tmp_path / "one" / "flow.flowvi")
+    assert two.settings["mesh"] == "2 devices split by batch"
+    assert one.settings["mesh"] == "1 devices split by batch"
+    for x, y in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)  # the same fit, up to reduction order

@@ -103,18 +103,25 @@ def test_subsampled_fit_approaches_the_conjugate_posterior_and_is_reproducible()
     y = np.random.default_rng(0).normal(0.7, 1.0, n).astype(np.float32)
     target = flowvi.Target(log_prior=lambda x: -0.5 * (x[0] / 10.0) ** 2,
                            log_likelihood=lambda x, yi: -0.5 * (yi - x[0]) ** 2, data=y, dim=1)
-    kw = dict(flow="gaussian", steps=600, num_samples=16, subsample=100, learning_rate=2e-2,
-              key=jax.random.key(0))
-    post = flowvi.fit(target, **kw)
-    draws = np.asarray(post.sample(jax.random.key(1), 4000))[:, 0]
-    mean, sd = y.sum() / (n + 0.01), 1 / np.sqrt(n + 0.01)
-    assert abs(draws.mean() - mean) < 3 * sd
-    assert 0.5 * sd < draws.std() < 2.0 * sd
+    kw = dict(flow="gaussian", num_samples=16, subsample=100, learning_rate=2e-2, key=jax.random.key(0))
+    post = flowvi.fit(target, steps=3000, **kw)
     assert post.settings["subsample"] == 100
+    # The fitted flow is the Gaussian x = b + a u: its mean b and sd a exactly, no draws.
+    bijector = post.distribution.bijector
+    b = float(bijector.forward(jnp.zeros(1))[0])
+    a = float(jax.jacfwd(bijector.forward)(jnp.zeros(1))[0, 0])
+    mean, sd = y.sum() / (n + 0.01), 1 / np.sqrt(n + 0.01)
+    # What is left is the minibatch noise of the stochastic optimisation; over 16 keys the fitted
+    # mean scattered by 0.195 posterior sd (mean offset 0.00), and a / sd by 0.0054 around 1.024: the
+    # fit settles 2.4% wide (2000 steps at 5e-2 give the same; 600 steps left it 1.9x too wide, which
+    # the former bounds of +-3 sd and x0.5-2 let through). Tolerances: 4 s.e., plus the 2.4% offset.
+    assert abs(b - mean) < 4 * 0.195 * sd
+    assert abs(a / sd - 1) < 0.024 + 4 * 0.0054
+    # Refits of the same target and settings compile nothing (any number of steps) and repeat exactly.
     before = reverse_kl._run_chunk._cache_size()
-    again = flowvi.fit(target, **kw)
-    assert reverse_kl._run_chunk._cache_size() == before  # refits compile nothing
-    np.testing.assert_array_equal(again.losses, post.losses)
+    once, again = flowvi.fit(target, steps=200, **kw), flowvi.fit(target, steps=200, **kw)
+    assert reverse_kl._run_chunk._cache_size() == before
+    np.testing.assert_array_equal(again.losses, once.losses)
 
 
 def test_subsample_of_all_rows_is_the_full_data():

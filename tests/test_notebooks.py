@@ -4,7 +4,6 @@ The committed notebooks hold the outputs of a full run; here each is run in a
 fresh kernel from its own folder, with fewer steps, and the outputs are discarded.
 """
 
-import os
 import pathlib
 
 import nbformat
@@ -34,9 +33,18 @@ def test_committed_with_outputs(path):
 def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("FLOWVI_QUICK", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # Headless, and each figure becomes an image/png output as in a notebook front end (Agg drops them).
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None  # only what this run makes counts below
+    # A last cell reports, from inside the kernel, whether the notebook took its quick settings.
+    nb.cells.append(nbformat.v4.new_code_cell("print('QUICK =', QUICK)"))
     client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS_DIR)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
-    assert os.environ["FLOWVI_QUICK"] == "1"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{path.name}: not every cell ran"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), f"{path.name} drew no plot"
+    assert [o.get("text") for o in code[-1].outputs] == ["QUICK = True\n"]

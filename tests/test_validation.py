@@ -52,18 +52,20 @@ def test_unknown_hyperparameter_lists_valid_ones():
         flows.make_flow("iaf", 2, depth=3)
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"steps": 0}, "steps"),
-    ({"num_samples": -1}, "num_samples"),
-    ({"learning_rate": -0.1}, "learning_rate"),
-    ({"estimator": "score"}, "estimator"),
-    ({"num_runs": 0}, "num_runs"),
-    ({"patience": 0}, "patience"),
-    ({"optimizer": "adam"}, "optimizer"),
+@pytest.mark.parametrize(("kw", "error", "message"), [
+    ({"steps": 0}, ValueError, "steps must be a positive integer, got 0"),
+    ({"num_samples": -1}, ValueError, "num_samples must be a positive integer, got -1"),
+    ({"learning_rate": -0.1}, ValueError, "learning_rate must be a positive finite number"),
+    ({"estimator": "score"}, ValueError, "estimator='score' is not valid; expected one of 'reparam', 'stl'"),
+    ({"num_runs": 0}, ValueError, "num_runs must be a positive integer"),
+    ({"patience": 0}, ValueError, "patience must be a positive integer"),
+    ({"optimizer": "adam"}, TypeError, "optimizer must be an optax.GradientTransformation, got str"),
 ])
-def test_bad_fit_options(kw, message):
-    with pytest.raises((ValueError, TypeError), match=message):
+def test_bad_fit_options(kw, error, message):
+    # A bad value is a ValueError, a wrong type (a string for an optax optimizer) a TypeError.
+    with pytest.raises(error, match=message) as info:
         flowvi.fit(banana_log_density, dim=2, flow="gaussian", key=KEY, **kw)
+    assert type(info.value) is error
 
 
 def test_key_required_and_checked():
