@@ -32,30 +32,27 @@ def check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def check_positive_float(name: str, value: Any) -> float:
-    """Raise unless `value` is a finite number > 0; return it as float."""
+def _check_number(name: str, value: Any, what: str, ok) -> float:
+    """Raise unless `value` is a finite real number (not a string or bool) for which ``ok(value)``."""
     if isinstance(value, str | bytes | bool):  # float("0.1") and float(True) would pass
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        raise ValueError(f"{name} must be a {what} number, got {value!r}.")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
-    if not np.isfinite(out) or out <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+        raise ValueError(f"{name} must be a {what} number, got {value!r}.") from None
+    if not np.isfinite(out) or not ok(out):
+        raise ValueError(f"{name} must be a {what} finite number, got {value!r}.")
     return out
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    """Raise unless `value` is a finite number > 0; return it as float."""
+    return _check_number(name, value, "positive", lambda v: v > 0)
 
 
 def check_nonnegative(name: str, value: Any) -> float:
     """Raise unless `value` is a finite number >= 0; return it as float."""
-    if isinstance(value, str | bytes | bool):  # float("0.1") and float(True) would pass
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}.") from None
-    if not np.isfinite(out) or out < 0:
-        raise ValueError(f"{name} must be a non-negative finite number, got {value!r}.")
-    return out
+    return _check_number(name, value, "non-negative", lambda v: v >= 0)
 
 
 def check_int_tuple(name: str, value: Any) -> tuple[int, ...]:
