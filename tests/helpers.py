@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flowvi
 from models import banana
 
 MODELS = pathlib.Path(__file__).resolve().parent.parent / "models"
@@ -113,3 +114,14 @@ def assert_constrained_draws_in_support(draws: dict, n: int) -> None:
     np.testing.assert_allclose(d["corr"], np.swapaxes(d["corr"], -1, -2), atol=1e-6)
     assert np.all(np.linalg.eigvalsh(d["corr"]) > -1e-5)
     np.testing.assert_allclose(d["cov"], d["sigma"][:, None, None] ** 2 * d["corr"], rtol=1e-5, atol=1e-6)
+
+
+def standard_normal(x):
+    """``x: (dim,) -> scalar``: the unnormalised standard normal log density."""
+    return -0.5 * jnp.sum(x ** 2)
+
+
+@functools.cache
+def tiny_gaussian_fit():
+    """A 20-step diagonal-Gaussian fit of the 2-D standard normal (shared by fault tests; never mutate it)."""
+    return flowvi.fit(standard_normal, 2, flow="gaussian", steps=20, key=jax.random.key(0))

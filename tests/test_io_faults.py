@@ -78,21 +78,17 @@ def test_save_keeps_the_mode_of_the_file_it_replaces(fitted, tmp_path):
 
 # --- item 15: damaged files get a clear error, not a KeyError or silent garbage ----------------
 
-@pytest.mark.parametrize("field", ["stop_reasons", "num_leaves", "fit_seconds", "settings", "flow"])
-def test_missing_metadata_field_is_named(fitted, tmp_path, field):
+@pytest.mark.parametrize("what, name", [("field", f) for f in ("stop_reasons", "num_leaves", "fit_seconds",
+                                                               "settings", "flow")]
+                         + [("array", a) for a in ("losses", "steps_run", "param_00000")])
+def test_missing_metadata_field_or_array_is_named(fitted, tmp_path, what, name):
     path = tmp_path / "fit.flowvi"
     fitted.save(path)
-    _rewrite(path, change_meta=lambda meta: meta.pop(field))
-    with pytest.raises(ValueError, match=f"damaged: the field '{field}' is missing"):
-        flowvi.load(path)
-
-
-@pytest.mark.parametrize("name", ["losses", "steps_run", "param_00000"])
-def test_missing_array_is_named(fitted, tmp_path, name):
-    path = tmp_path / "fit.flowvi"
-    fitted.save(path)
-    _rewrite(path, change_arrays=lambda arrays: arrays.pop(name))
-    with pytest.raises(ValueError, match=f"damaged: the array '{name}' is missing"):
+    if what == "field":
+        _rewrite(path, change_meta=lambda meta: meta.pop(name))
+    else:
+        _rewrite(path, change_arrays=lambda arrays: arrays.pop(name))
+    with pytest.raises(ValueError, match=f"damaged: the {what} '{name}' is missing"):
         flowvi.load(path)
 
 

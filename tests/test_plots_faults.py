@@ -15,6 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import standard_normal, tiny_gaussian_fit  # noqa: E402
 from matplotlib.collections import PathCollection, QuadMesh  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
@@ -26,13 +27,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 K = jax.random.key(0)
 
 
-def g(x):
-    return -0.5 * jnp.sum(x ** 2)
+g = standard_normal
 
 
 @pytest.fixture(scope="module")
 def post():
-    return flowvi.fit(g, 2, flow="gaussian", steps=20, key=K)
+    return tiny_gaussian_fit()
 
 
 @pytest.fixture(autouse=True)

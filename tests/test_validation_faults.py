@@ -4,19 +4,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import standard_normal, tiny_gaussian_fit
 
 import flowvi
 
 KEY = jax.random.key(0)
 
 
-def _g(x):
-    return -0.5 * jnp.sum(x ** 2)
+_g = standard_normal
 
 
 @pytest.fixture(scope="module")
 def post():
-    return flowvi.fit(_g, 2, flow="gaussian", steps=20, key=KEY)
+    return tiny_gaussian_fit()
 
 
 def _calls(post):
