@@ -83,6 +83,8 @@ def _mode_for(path: str) -> int:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     return value

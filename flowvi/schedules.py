@@ -1,8 +1,11 @@
-"""The default optimiser, and a learning-rate decay whose horizon is data in the optimiser state.
+"""The default optimiser, and a learning-rate schedule that is data in the optimiser state.
 
 optax schedules close over the total number of steps, so a fit of 2000 steps
-and one of 3000 would compile different programs. Here the horizon lives in the
-optimiser state and `fit` sets it, so refits of any length reuse one compilation.
+and one of 3000 would compile different programs. Here the horizon of the
+cosine decay, and a factor on the rate, live in the optimiser state and `fit`
+sets them (`with_horizon`, `with_rate_factor`): refits of any length reuse one
+compilation, and the stopping rule of ``fit(steps=None)`` (`flowvi.stopping`)
+lowers the rate between chunks without recompiling.
 """
 
 from __future__ import annotations
@@ -33,36 +36,56 @@ def default_optimizer(learning_rate: float, decay: bool = True) -> optax.Gradien
 
 
 class CosineDecayState(NamedTuple):
-    """Steps taken and the number of steps over which to decay."""
+    """Steps taken, the number of steps over which to decay (0: no decay), and a factor on the rate."""
 
     count: jax.Array
     horizon: jax.Array
+    factor: jax.Array
 
 
 def scale_by_cosine_decay(learning_rate: float, alpha: float = 0.02) -> optax.GradientTransformation:
     """Multiply updates by ``-lr_t``, with ``lr_t`` decaying from `learning_rate` to ``alpha * learning_rate``.
 
-    ``lr_t = learning_rate * (alpha + (1 - alpha) * (1 + cos(pi * min(t / horizon, 1))) / 2)``;
-    the horizon starts at 1 and is set with `with_horizon`.
+    ``lr_t = factor * learning_rate * (alpha + (1 - alpha) * (1 + cos(pi * min(t / horizon, 1))) / 2)``;
+    the horizon starts at 1 and is set with `with_horizon`; a horizon of 0 means
+    no decay (``lr_t = factor * learning_rate``). The factor starts at 1 and is
+    set with `with_rate_factor`.
     """
     def init(params: Any) -> CosineDecayState:
         del params
-        return CosineDecayState(jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32))
+        return CosineDecayState(jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32), jnp.ones((), jnp.float32))
 
     def update(updates, state: CosineDecayState, params=None):
         del params
-        frac = jnp.minimum(state.count / jnp.maximum(state.horizon, 1), 1.0)
-        rate = learning_rate * (alpha + (1.0 - alpha) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
+        frac = jnp.where(state.horizon > 0, jnp.minimum(state.count / jnp.maximum(state.horizon, 1), 1.0), 0.0)
+        rate = state.factor * learning_rate * (alpha + (1.0 - alpha) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac)))
         updates = jax.tree.map(lambda u: (-rate * u).astype(u.dtype), updates)
-        return updates, CosineDecayState(state.count + 1, state.horizon)
+        return updates, state._replace(count=state.count + 1)
 
     return optax.GradientTransformation(init, update)
 
 
-def with_horizon(opt_state: Any, steps: int) -> Any:
-    """Set the decay horizon of every `CosineDecayState` in `opt_state` to `steps`."""
-    def set_horizon(node):
+def _replace_in(opt_state: Any, **fields) -> Any:
+    """`opt_state` with `fields` of every `CosineDecayState` set (broadcast to their shapes)."""
+    def replace(node):
         if isinstance(node, CosineDecayState):
-            return node._replace(horizon=jnp.full_like(node.horizon, steps))
+            return node._replace(**{k: jnp.broadcast_to(jnp.asarray(v, getattr(node, k).dtype),
+                                                        getattr(node, k).shape) for k, v in fields.items()})
         return node
-    return jax.tree.map(set_horizon, opt_state, is_leaf=lambda n: isinstance(n, CosineDecayState))
+    return jax.tree.map(replace, opt_state, is_leaf=lambda n: isinstance(n, CosineDecayState))
+
+
+def with_horizon(opt_state: Any, steps) -> Any:
+    """Set the decay horizon of every `CosineDecayState` in `opt_state` to `steps` (0: no decay)."""
+    return _replace_in(opt_state, horizon=steps)
+
+
+def with_rate_factor(opt_state: Any, factor) -> Any:
+    """Set the rate factor of every `CosineDecayState` in `opt_state`: a scalar, or ``(runs,)`` for vmapped states."""
+    return _replace_in(opt_state, factor=factor)
+
+
+def has_rate_factor(opt_state: Any) -> bool:
+    """True when `opt_state` has a `CosineDecayState` (the default optimiser's), whose rate the host can set."""
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, CosineDecayState))
+    return any(isinstance(n, CosineDecayState) for n in leaves)

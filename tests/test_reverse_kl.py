@@ -93,7 +93,9 @@ def test_fits_of_other_lengths_reuse_the_compilation():
 
 
 def test_several_runs_start_apart_unless_init_spread_is_zero():
-    kw = dict(dim=2, flow="gaussian", steps=1, num_runs=3, learning_rate=1e-9, key=jax.random.key(0))
+    # init="standard": the spread is measured from the untrained flow's location 0.
+    kw = dict(dim=2, flow="gaussian", steps=1, num_runs=3, learning_rate=1e-9, key=jax.random.key(0),
+              init="standard")
     locs = np.asarray(flowvi.fit(banana_log_density, **kw).params["affine"]["loc"])
     np.testing.assert_allclose(locs[0], 0.0, atol=1e-6)
     assert np.all(np.abs(locs[1:]).max(axis=1) > 0.05)
@@ -163,7 +165,7 @@ def test_persistent_non_finite_loss_stops_with_warning_and_keeps_last_finite_par
     optimizer = optax.sgd(1.0)
     with pytest.warns(RuntimeWarning, match=r"non-finite \(or too large\) at \d+ of its last \d+ steps"):
         post = flowvi.fit(log_density, dim=2, flow="gaussian", steps=500, optimizer=optimizer,
-                          max_bad_streak=5, key=jax.random.key(0))
+                          max_bad_streak=5, key=jax.random.key(0), init="standard")
     assert "non-finite" in post.stop_reason
     assert post.steps_run[0] < 50
     assert post.skipped_steps[0] >= 5
@@ -173,11 +175,12 @@ def test_persistent_non_finite_loss_stops_with_warning_and_keeps_last_finite_par
 
 
 def test_patience_stops_early_on_a_plateau():
-    # Target N(3, 0.5^2), normalised: the fit starts at N(0, 1) (loss ~4) and must travel to a
-    # plateau at loss -log Z = 0.
+    # Target N(3, 0.5^2), normalised: the fit starts at N(0, 1) (loss ~4; init="standard", since the
+    # warm start would begin at the answer) and must travel to a plateau at loss -log Z = 0.
     patience, chunk = 300, 100
     post = flowvi.fit(gaussian_log_density([3.0], [[0.25]]), dim=1, flow="gaussian", steps=20_000,
-                      learning_rate=5e-2, patience=patience, chunk_size=chunk, key=jax.random.key(0))
+                      learning_rate=5e-2, patience=patience, chunk_size=chunk, key=jax.random.key(0),
+                      init="standard")
     steps = int(post.steps_run[0])
     assert steps < 20_000 and post.losses.shape == (steps,)
     assert post.stop_reason == (f"early stopping at step {steps}: the smoothed loss had not improved for "
@@ -200,8 +203,12 @@ def test_patience_stops_early_on_a_plateau():
 def test_custom_optimizer_and_flow_object():
     flow = flowvi.flows.gaussian(2, covariance="full")
     post = flowvi.fit(banana_log_density, dim=2, flow=flow, optimizer=optax.sgd(1e-3), steps=20,
-                      key=jax.random.key(0))
+                      key=jax.random.key(0), init="standard")
     assert post.flow is flow
+    # With the warm start a ready Flow is wrapped in the fixed whitening map (flowvi.flows.whitened).
+    warm = flowvi.fit(banana_log_density, dim=2, flow=flow, optimizer=optax.sgd(1e-3), steps=20,
+                      key=jax.random.key(0))
+    assert warm.flow is flowvi.flows.whitened(flow)
     assert post.settings["learning_rate"] is None
     # The optimizer is the one used: one that never moves the parameters leaves the untrained flow,
     # which is its standard normal base; sgd moved it.

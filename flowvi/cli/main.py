@@ -27,7 +27,7 @@ from flowvi.reverse_kl import fit
 
 OUTPUTS = ("posterior.nc", "report.png", "flow.flowvi")
 # Options of one objective only: dest -> the kinds of model file they apply to.
-REVERSE_KL_ONLY = ("steps", "num_samples", "estimator", "subsample", "devices")
+REVERSE_KL_ONLY = ("steps", "max_steps", "init", "num_samples", "estimator", "subsample", "devices")
 SAMPLES_ONLY = ("epochs", "batch_size")
 
 
@@ -42,7 +42,8 @@ _NEUTRA = _signature_defaults(neutra)
 MCMC_OPTIONS = {"mcmc_warmup": "num_warmup", "mcmc_samples": "num_samples", "mcmc_chains": "num_chains"}
 # The library's defaults, read from the signatures of fit and fit_samples; runs, seed and draws are the CLI's own.
 DEFAULTS = {
-    "steps": _FIT["steps"], "num_samples": _FIT["num_samples"], "estimator": _FIT["estimator"], "runs": 4,
+    "steps": _FIT["steps"], "max_steps": _FIT["max_steps"], "init": _FIT["init"],
+    "num_samples": _FIT["num_samples"], "estimator": _FIT["estimator"], "runs": 4,
     "patience": _FIT["patience"], "epochs": _FIT_SAMPLES["max_epochs"], "batch_size": _FIT_SAMPLES["batch_size"],
     "samples_patience": _FIT_SAMPLES["patience"], "learning_rate": _FIT["learning_rate"],
     "samples_learning_rate": _FIT_SAMPLES["learning_rate"], "seed": 0, "draws": 1000,
@@ -164,7 +165,7 @@ def _demo_settings(settings: dict | None = None) -> str:
 def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
     """The options of `fit` and `demo`; every default is None so that given options can be told apart."""
     flow = p.add_argument_group("flow")
-    flow.add_argument("--flow", choices=tuple(flows.FAMILIES), default=None,
+    flow.add_argument("--flow", choices=(*flows.FAMILIES, "auto"), default=None,
                       help="flow family (default: " + (d["flow"] if "flow" in d else
                            f"{flows.default_family(2)}; {flows.default_family(1)} for 1-D targets; "
                            f"{_FIT_SAMPLES['flow']} for samples") + "). "
@@ -176,11 +177,18 @@ def _add_options(p: argparse.ArgumentParser, d: dict, out_default: str) -> None:
                       help="any flow hyperparameter by name, e.g. --flow-option layers=6 (repeatable)")
 
     opt = p.add_argument_group("optimisation")
-    opt.add_argument("--steps", type=_positive_int, help=f"optimisation steps (default {d['steps']})")
+    opt.add_argument("--steps", type=_positive_int,
+                     help="optimisation steps (default: until the stopping rule says the fit converged, at most "
+                          "--max-steps; see post.stop_reason)" + (f" (demo: {d['steps']})" if d["steps"] else ""))
+    opt.add_argument("--max-steps", type=_positive_int,
+                     help=f"cap of the automatic stopping rule (default {d['max_steps']})")
+    opt.add_argument("--init", choices=("auto", "standard"),
+                     help="where the flow starts: auto, a Gaussian approximation of the target (warm start); "
+                          f"standard, a standard normal (default {d['init']})")
     opt.add_argument("--num-samples", type=_positive_int,
                      help=f"Monte Carlo draws per step (default {d['num_samples']})")
     opt.add_argument("--learning-rate", type=_positive_float,
-                     help=f"initial Adam learning rate, cosine-decayed over the steps (default "
+                     help=f"Adam learning rate, cosine-decayed over --steps, or lowered by the stopping rule (default "
                           f"{d['learning_rate']:g}; {d['samples_learning_rate']:g}, constant, for samples)")
     opt.add_argument("--runs", type=_positive_int, help=f"independent runs trained together, for R-hat across "
                      f"runs (default {d['runs']}; samples files: 1)")
@@ -339,6 +347,11 @@ def _check_flow_flags(args: argparse.Namespace, flow: str | None) -> None:
     """Reject hyperparameter flags that the chosen family does not take (once the family is known)."""
     if flow is None:
         return
+    if flow == "auto":
+        if _hyperparameters(args):
+            raise CliError(f"flowvi {args.command}: error: --flow auto chooses the flow's hyperparameters itself; "
+                           "leave out the hyperparameter flags, or name a family.")
+        return
     valid = flows.hyperparameter_names(flow)
     given = _hyperparameters(args)
     wrong = [name for name in given if name not in valid]
@@ -472,7 +485,11 @@ def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hy
     dim = data.shape[1] if samples else target.dim
     try:
         mesh = None if samples else _mesh(args.devices)
-        flowvi.flows.make_flow(flow, dim, **hyper)
+        if flow == "auto" and samples:
+            raise ValueError("--flow auto applies to reverse-KL fits (model files with a log density or a "
+                             "NumPyro model), not to samples files.")
+        if flow != "auto":
+            flowvi.flows.make_flow(flow, dim, **hyper)
         if samples:
             post = flowvi.fit_samples(
                 data, key=fit_key, flow=flow, max_epochs=args.epochs or DEFAULTS["epochs"],
@@ -483,6 +500,7 @@ def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hy
         else:
             post = flowvi.fit(
                 target, key=fit_key, flow=flow, steps=args.steps or DEFAULTS["steps"],
+                max_steps=args.max_steps or DEFAULTS["max_steps"], init=args.init or DEFAULTS["init"],
                 num_samples=args.num_samples or DEFAULTS["num_samples"],
                 learning_rate=args.learning_rate or DEFAULTS["learning_rate"],
                 num_runs=args.runs or DEFAULTS["runs"], estimator=args.estimator or DEFAULTS["estimator"],
@@ -515,6 +533,15 @@ def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathli
     print(f"\nfit: {post.flow.name} flow ({post.flow.num_params()} parameters per run), {post.num_runs} "
           f"run{'s' if post.num_runs > 1 else ''}, {'/'.join(map(str, post.steps_run.tolist()))} {unit} "
           f"in {post.fit_seconds:.1f} s; {post.stop_reason}")
+    for i, stage in enumerate(post.settings.get("stages", ())):
+        hyper = ", ".join(f"{k}={v}" for k, v in stage["hyperparameters"].items()) or "defaults"
+        print(f"fit: --flow auto stage {i + 1}: {stage['family']} ({hyper}), {stage['steps']} steps, "
+              f"{stage['seconds']:.1f} s, ELBO {stage['elbo']:.5g}, k-hat {stage['k_hat']:.2f}"
+              f"{' (passed)' if stage['passed'] else ''}")
+    warm = post.settings.get("warm_start")
+    if isinstance(warm, dict) and "elbo" in warm:
+        print(f"fit: warm start from a Gaussian (Laplace along an L-BFGS path, {warm['iterations']} iterations, "
+              f"ELBO {warm['elbo']:.5g}, {warm['seconds']:.1f} s)")
     if int(np.sum(post.skipped_steps)):
         print(f"fit: {int(np.sum(post.skipped_steps))} step(s) skipped for non-finite loss or gradient")
     interrupted = any(reason.startswith("interrupted at") for reason in post.stop_reasons)

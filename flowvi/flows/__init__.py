@@ -24,8 +24,10 @@ from flowvi.flows.base import (
     has_final_affine,
     invert,
     standardised,
+    whitened,
     with_final_affine,
     with_standardisation,
+    with_whitening,
 )
 from flowvi.flows.bnaf import bnaf
 from flowvi.flows.coupling import affine_coupling, spline_coupling
@@ -68,6 +70,8 @@ def _cached_family(name: str, dim: int, hyper: tuple) -> Flow:
     # One Flow object per (family, dim, hyperparameters): a later fit with the
     # same configuration then hits JAX's compilation cache.
     options = dict(hyper)
+    if options.pop("whitened", False):
+        return whitened(_cached_family(name, dim, tuple(sorted(options.items()))))
     if options.pop("standardised", False):
         return standardised(_cached_family(name, dim, tuple(sorted(options.items()))))
     inverted = options.pop("inverted", False)
@@ -82,7 +86,8 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
     `flowvi.flows.base.invert`): e.g. ``make_flow("bnaf", 2, inverted=True)`` is a
     BNAF whose density is one pass and whose sampling is numerical; and
     ``standardised=True``, a fixed data affine map after it (`flowvi.flows.base.standardised`,
-    how `flowvi.fit_samples` returns its fits).
+    how `flowvi.fit_samples` returns its fits); and ``whitened=True``, a fixed full-rank affine map
+    after it (`flowvi.flows.base.whitened`, how `flowvi.fit` starts from a Gaussian approximation).
 
     Raises:
         ValueError: unknown family name (the valid ones are listed), or a `Flow`
@@ -101,10 +106,11 @@ def make_flow(flow: str | Flow, dim: int, **hyperparameters) -> Flow:
         raise ValueError(f"flow={flow!r} is not a known flow family; expected one of "
                          f"{', '.join(map(repr, FAMILIES))} or a flowvi.flows.Flow.")
     check_known_options(f"hyperparameter(s) for flow={flow!r}:", hyperparameters,
-                        [*hyperparameter_names(flow), "standardised"])
+                        [*hyperparameter_names(flow), "standardised", "whitened"])
     hyper = tuple(sorted((k, _hashable(v)) for k, v in hyperparameters.items()))
     check_bool("inverted", hyperparameters.get("inverted", False))
     check_bool("standardised", hyperparameters.get("standardised", False))
+    check_bool("whitened", hyperparameters.get("whitened", False))
     return _cached_family(flow, dim, hyper)
 
 
@@ -134,4 +140,5 @@ def resolve_flow(flow: str | Flow | None, dim: int, hyperparameters: dict, optio
 
 __all__ = ["CHOICES", "FAMILIES", "Flow", "affine_coupling", "bnaf", "default_family", "final_affine", "gaussian",
            "has_final_affine", "hyperparameter_defaults", "hyperparameter_names", "iaf", "invert", "maf", "make_flow",
-           "resolve_flow", "spline_coupling", "standardised", "with_final_affine", "with_standardisation"]
+           "resolve_flow", "spline_coupling", "standardised", "whitened", "with_final_affine", "with_standardisation",
+           "with_whitening"]

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi.bijectors import LayerScan, RationalQuadraticSpline
+from flowvi.bijectors import LayerScan, Orthogonal, RationalQuadraticSpline
 
 # Lower bound on every learned scale: keeps log-determinants finite.
 SCALE_FLOOR = 1e-3
@@ -89,6 +89,8 @@ def invert(flow: Flow) -> Flow:
     ``iaf`` and ``bnaf`` (data to noise, as in the BNAF paper's density
     estimation). The parameters are the same pytree.
     """
+    if flow.options.get("whitened", False):
+        raise ValueError("invert a flow before whitening it.")
     if flow.options.get("standardised", False):
         raise ValueError("invert a flow before standardising it: invert(standardised(f)) would put the fixed "
                          "data affine on the noise side.")
@@ -144,6 +146,62 @@ def with_standardisation(params: Any, loc, scale) -> dict:
     return {"flow": params, "data": {"loc": jnp.asarray(loc, dtype), "scale": jnp.asarray(scale, dtype)}}
 
 
+@functools.lru_cache(maxsize=256)
+def whitened(flow: Flow) -> Flow:
+    """`flow` followed by a fixed full-rank affine map: ``x = loc + scale_out * (Q (scale_in * y))``.
+
+    This is how `flowvi.fit` starts from a Gaussian approximation of the target
+    (`flowvi.warm_start`): the Gaussian ``N(loc, S S^T)`` with
+    ``S = diag(scale_out) Q diag(scale_in)`` (``Q`` orthogonal) becomes the map
+    from `flow`'s coordinates to the target's, so the untrained flow *is* that
+    Gaussian and the learned layers only model what is not Gaussian, in
+    coordinates where the target has unit scale. The two diagonal factors keep
+    a badly scaled Gaussian exact in float32: ``scale_out`` carries the
+    coordinates' own scales (any magnitudes) and ``Q``, ``scale_in`` the
+    correlations. The map's parameters are stored with the fit and are
+    constants to gradients (``stop_gradient``).
+
+    Params are ``{"flow": flow's params, "whitening": {"loc": (dim,),
+    "scale_out": (dim,), "rotation": (dim, dim), "scale_in": (dim,)}}``; `init`
+    gives the identity map. The hyperparameters gain ``whitened=True``.
+    """
+    if flow.options.get("whitened", False):
+        raise ValueError("the flow is already whitened.")
+    if flow.options.get("standardised", False):
+        raise ValueError("a standardised flow (from fit_samples) cannot also be whitened.")
+    dim = flow.dim
+
+    def init(key: jax.Array) -> dict:
+        return {"flow": flow.init(key), "whitening": identity_whitening(dim)}
+
+    def apply(params: dict) -> distrax.Transformed:
+        w = jax.lax.stop_gradient(params["whitening"])
+        fixed = distrax.Chain([distrax.Block(distrax.ScalarAffine(shift=w["loc"], scale=w["scale_out"]), 1),
+                               Orthogonal(w["rotation"]),
+                               distrax.Block(distrax.ScalarAffine(shift=jnp.zeros(dim), scale=w["scale_in"]), 1)])
+        return transformed(dim, distrax.Chain([fixed, flow.apply(params["flow"]).bijector]))
+
+    hyper = tuple(sorted(dict(flow.hyperparameters, whitened=True).items()))
+    return Flow(flow.name, dim, hyper, jax.jit(init), apply, flow.inverse_cost, flow.sample_cost)
+
+
+def identity_whitening(dim: int) -> dict:
+    """The whitening parameters of the identity map (see `whitened`)."""
+    return {"loc": jnp.zeros(dim), "scale_out": jnp.ones(dim), "rotation": jnp.eye(dim), "scale_in": jnp.ones(dim)}
+
+
+def with_whitening(params: dict, whitening: dict) -> dict:
+    """`params` of a `whitened` flow with its fixed map replaced (a new pytree; any leading batch axes).
+
+    Args:
+        params: the whitened flow's parameters.
+        whitening: ``{"loc", "scale_out", "rotation", "scale_in"}`` without batch axes; broadcast to `params`'.
+    """
+    old = params["whitening"]
+    new = {k: jnp.broadcast_to(jnp.asarray(whitening[k], old[k].dtype), old[k].shape) for k in old}
+    return {**params, "whitening": new}
+
+
 def positive_scale(raw: jax.Array) -> jax.Array:
     """Map an unconstrained array to scales >= SCALE_FLOOR, with raw 0 -> scale 1."""
     return jax.nn.softplus(raw + _SHIFT) + SCALE_FLOOR
@@ -170,7 +228,8 @@ def raw_scale_of(scale) -> jax.Array:
 
 
 def _is_standardised(params: Any) -> bool:
-    return isinstance(params, dict) and set(params) == {"flow", "data"}
+    """True for the params of a `standardised` or `whitened` flow: a fixed map around an inner flow."""
+    return isinstance(params, dict) and set(params) in ({"flow", "data"}, {"flow", "whitening"})
 
 
 def has_final_affine(params: Any) -> bool:
@@ -183,7 +242,7 @@ def has_final_affine(params: Any) -> bool:
 def final_affine(params: dict) -> dict:
     """The parameters ``{"loc", "raw_scale"}`` of a flow's last elementwise affine layer.
 
-    For a `standardised` flow, the inner flow's last learned one (before the fixed data map).
+    For a `standardised` or `whitened` flow, the inner flow's last learned one (before the fixed map).
     """
     return final_affine(params["flow"]) if _is_standardised(params) else params["affine"]
 
@@ -200,8 +259,8 @@ def with_final_affine(params: dict, loc=None, scale=None, shift=None) -> dict:
         scale: ``(..., dim)`` new positive scale, or None to keep it.
         shift: ``(..., dim)`` added to the location, or None.
 
-    For a `standardised` flow the layer is the inner flow's, so loc and scale are
-    in the standardised coordinates (before the fixed data map).
+    For a `standardised` or `whitened` flow the layer is the inner flow's, so loc and
+    scale are in the standardised or whitened coordinates (before the fixed map).
     """
     if _is_standardised(params):
         return {**params, "flow": with_final_affine(params["flow"], loc, scale, shift)}
