@@ -1,5 +1,4 @@
-"""distrax bijectors that distrax lacks (autoregressive, BNAF, layer scan, reversal, a fixed rotation)
-or runs slowly (spline)."""
+"""distrax bijectors that distrax lacks (autoregressive, BNAF, layer scan, reversal, rotation) or runs slowly."""
 
 from flowvi.bijectors.autoregressive import MaskedAutoregressive
 from flowvi.bijectors.bnaf import BlockAutoregressive
