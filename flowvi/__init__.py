@@ -6,12 +6,13 @@ save and load; turn a fit into exact draws with NUTS in its base space (`neutra`
 
 The adapters (`flowvi.numpyro`, `flowvi.arviz`, `flowvi.plots`, `flowvi.cli`)
 load on first use, so ``import flowvi`` does not import NumPyro, ArviZ or
-matplotlib.
+matplotlib. `flowvi.cache.enable()` turns on JAX's persistent compilation cache
+(``FLOWVI_CACHE=1`` does so at import; the command line has it on by default).
 """
 
 import importlib
 
-from flowvi import diagnostics, flows
+from flowvi import cache, diagnostics, flows
 from flowvi._version import __version__
 from flowvi.forward_kl import fit_samples
 from flowvi.neutra import NeutraResult, neutra
@@ -21,8 +22,11 @@ from flowvi.target import Target
 
 _ADAPTERS = ("numpyro", "arviz", "plots", "cli")
 
-__all__ = ["NeutraResult", "Posterior", "Target", "__version__", "arviz", "diagnostics", "fit", "fit_samples", "flows",
-           "load", "neutra", "numpyro", "plots"]
+if cache.enabled_by_environment():
+    cache.enable_or_warn()
+
+__all__ = ["NeutraResult", "Posterior", "Target", "__version__", "arviz", "cache", "diagnostics", "fit",
+           "fit_samples", "flows", "load", "neutra", "numpyro", "plots"]
 
 
 def __getattr__(name: str):

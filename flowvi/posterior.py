@@ -13,15 +13,31 @@ import numpy as np
 
 from flowvi import diagnostics, io
 from flowvi.flows import Flow
+from flowvi.objectives import base_draws, push_forward
 from flowvi.target import Target
 from flowvi.validation import as_key, check_array, check_index, check_optional_positive_int, check_positive_int
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _sample_runs(flow: Flow, params, n: int, key: jax.Array):
-    """Each run's own draws: x (runs, n, dim), log_q (runs, n)."""
-    keys = jax.random.split(key, jax.tree.leaves(params)[0].shape[0])
-    return jax.vmap(lambda p, k: flow.apply(p).sample_and_log_prob(seed=k, sample_shape=(n,)))(params, keys)
+    """Each run's own draws: x (runs, n, dim), log_q (runs, n).
+
+    Run r's draws are ``flow.apply(params[r]).sample_and_log_prob(seed=split(key, runs)[r],
+    sample_shape=(n,))``. The base draws are made run by run (`lax.map`) and only
+    the flow is vmapped over runs: a vmapped generator is 2-D, which XLA:CPU
+    compiles slowly (see `flowvi.objectives.base_draws`).
+    """
+    runs = jax.tree.leaves(params)[0].shape[0]
+    keys = jax.random.split(key, runs)
+    base = flow.apply(jax.tree.map(lambda a: a[0], params))
+    if runs == 1:
+        return jax.tree.map(lambda a: a[None], push_forward(base, base_draws(base, keys[0], n)))
+    u = jax.lax.map(lambda k: base_draws(base, k, n), keys)
+    return jax.vmap(lambda p, u: push_forward(flow.apply(p), u))(params, u)
+
+
+# One program that drops the run axis of a one-run result (rather than one per array).
+_first_run = jax.jit(lambda tree: jax.tree.map(lambda a: a[0], tree))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -127,8 +143,7 @@ class Posterior:
         """
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         if self.num_runs == 1:
-            x, log_q = self.sample_runs(key, num_draws)
-            return x[0], log_q[0]
+            return _first_run(self.sample_runs(key, num_draws))
         per_run = -(-num_draws // self.num_runs)
         x, _ = self.sample_runs(key, per_run)
         x = jnp.swapaxes(x, 0, 1).reshape(-1, self.dim)[:num_draws]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -156,7 +157,7 @@ class Target:
         return {}
 
     def probe(self) -> ProbeReport:
-        """Check the log density once, outside jit, at points the untrained flow samples.
+        """Check the log density once, in one compiled call, at points the untrained flow samples.
 
         A log density must be a number or ``-inf`` (zero density) at every
         point, with a finite gradient wherever it is finite.
@@ -186,9 +187,7 @@ class Target:
                              f"returned dtype {out.dtype}" + (" (complex: take the real part, or the log of "
                              "the absolute value, as the model means)" if jnp.issubdtype(out.dtype, jnp.complexfloating)
                              else " (cast it with jnp.asarray(..., float) if it is meant as a number)") + ".")
-        points = jax.random.normal(jax.random.key(0), (_PROBE_POINTS, self.dim))
-        values, grads = jax.vmap(jax.value_and_grad(self.log_density))(points)
-        values, grads, points = np.asarray(values), np.asarray(grads), np.asarray(points)
+        values, grads, points = map(np.asarray, _probe_values(self.log_density, self.dim))
         ok = np.isfinite(values) & np.all(np.isfinite(grads), axis=-1)
         if not ok.any():
             raise ValueError(
@@ -212,6 +211,27 @@ class Target:
                     f"log_density is {what} at {int(where.sum())} of {_PROBE_POINTS} points drawn from the "
                     f"untrained flow (a standard normal), e.g. at x = {format_point(points[i])}: {hint}.")
         return ProbeReport(int(np.sum(values == -np.inf)), _PROBE_POINTS)
+
+
+def _probe_values(log_density: Callable, dim: int):
+    """``(values, grads, points)`` of the log density at the `_PROBE_POINTS` standard normal probe points."""
+    try:
+        hash(log_density)
+    except TypeError:  # an unhashable callable cannot be a static argument: compile it on its own
+        return jax.jit(lambda: _probe_body(log_density, dim))()
+    return _probe_program(log_density, dim)
+
+
+def _probe_body(log_density: Callable, dim: int):
+    # The points are jax.random.normal(key(0), (16, dim)), drawn flat: see flowvi.objectives.base_draws.
+    points = jax.random.normal(jax.random.key(0), (_PROBE_POINTS * dim,)).reshape(_PROBE_POINTS, dim)
+    values, grads = jax.vmap(jax.value_and_grad(log_density))(points)
+    return values, grads, points
+
+
+# One program for the points, the values and the gradients (drawing and differentiating eagerly
+# compiled one program for each, and the draw alone took seconds to compile on CPU).
+_probe_program = functools.partial(jax.jit, static_argnums=(0, 1))(_probe_body)
 
 
 class ProbeReport(NamedTuple):

@@ -84,8 +84,10 @@ def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Arr
     """
     run = active & ~state.halted
     grad_norm = optax.tree.norm(grads)
-    # A gradient whose norm overflows float32 is no use either: clipping by it zeroes the update.
-    finite = jnp.isfinite(loss) & all_finite(grads) & jnp.isfinite(grad_norm)
+    # The norm is finite exactly when every gradient entry is finite and their squares do not overflow
+    # float32 (a norm that overflows is no use either: clipping by it zeroes the update). One check,
+    # not one per leaf: measured 4% of a small flow's step (iaf, d=10).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     apply = run & finite

@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The command line turns JAX's compilation cache on (flowvi.cache); the tests that call it must not write to ~/.cache.
+os.environ.setdefault("FLOWVI_CACHE", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -67,6 +67,9 @@ EXIT_STATUS = ("exit status: 0 success; 1 the fit or its diagnostics failed, or 
                "outputs are written for the fit so far (a second Ctrl-C aborts without them).")
 NUMPY_NAN_NOTES = (r"(invalid value|divide by zero|overflow) encountered|All-NaN (slice|axis)|Mean of empty slice|"
                    r"Degrees of freedom")
+CACHE_NOTE = ("compilation cache: compiled programs are kept in $FLOWVI_CACHE_DIR (default ~/.cache/flowvi/jax), "
+              "so a second fit of the same model skips compiling; FLOWVI_CACHE=0 turns the cache off, and "
+              "deleting the folder is safe.")
 OUT_HELP = ("output directory, created if missing (default {default}); outputs already in it are replaced: each "
             "is written to a temporary file beside it and renamed over the old one, so a failed write leaves "
             "the old file")
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        _enable_cache()
         return run(args)
     except CliError as err:
         print(err, file=sys.stderr)
@@ -108,6 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `flowvi fit ... | head`
         sys.stderr.close()
         return EXIT_FAILED
+
+
+def _enable_cache() -> None:
+    """JAX's persistent compilation cache (`flowvi.cache`): on unless FLOWVI_CACHE=0; a bad folder is one line."""
+    import flowvi.cache
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flowvi.cache.enable_or_warn()
+    for warning in caught:
+        print(f"flowvi: warning: {warning.message}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
               flowvi fit models/eight_schools.py --flow spline_coupling --steps 5000 --runs 4 --seed 0 \\
                   --out runs/eight_schools
 
-            """) + "\n" + textwrap.fill(EXIT_STATUS, 100))
+            """) + "\n" + textwrap.fill(EXIT_STATUS, 100) + "\n\n" + textwrap.fill(CACHE_NOTE, 100))
     parser.add_argument("--version", action="version", version=f"flowvi {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{fit,demo}", parser_class=_Parser)
 
@@ -142,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
             across runs) and az.summary, and write to --out: posterior.nc (ArviZ InferenceData),
             report.png (loss traces, density or pair plot, importance-weight tail) and flow.flowvi
             (the fit; reload with flowvi.load)."""),
-        epilog=textwrap.fill(EXIT_STATUS, 100))
+        epilog=textwrap.fill(EXIT_STATUS, 100) + "\n\n" + textwrap.fill(CACHE_NOTE, 100))
     fit.add_argument("model", metavar="MODEL_FILE", help="Python file defining the target, e.g. models/banana.py")
     _add_options(fit, DEFAULTS, out_default="runs/<name of the model file>")
 

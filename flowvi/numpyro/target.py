@@ -262,7 +262,7 @@ class NumPyroTarget(Target):
                 f"dim={self.dim} ({', '.join(f'{k}{v}' for k, v in self.unconstrained_shapes.items())}), "
                 f"got shape {x.shape}. If the draws come from a fit to this model with other arguments, "
                 "the latent dimension changed between fit and sampling.")
-        out = self._constrain(jnp.atleast_2d(x))
+        out = self._constrain(x if x.ndim == 2 else x[None])  # (jnp.atleast_2d would compile a program)
         return jax.tree.map(lambda a: a[0], out) if x.ndim == 1 else out
 
 
