@@ -9,7 +9,7 @@ import optax
 import pytest
 from helpers import EIGHT_SCHOOLS_NUTS, assert_agrees_with_nuts, assert_constrained_draws_in_support, load_model
 from numpyro import handlers
-from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_value
+from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_uniform, init_to_value
 
 import flowvi
 from flowvi.numpyro import AutoFlow, flow_distribution
@@ -172,7 +172,8 @@ def test_prefix_names_the_parameters():
     moved = {**params, "mine_flow$affine.loc": jnp.array([100.0])}
     draws = guide.sample_posterior(jax.random.PRNGKey(1), moved, sample_shape=(1000,))
     assert draws["mu"].shape == (1000,)
-    assert abs(float(draws["mu"].mean()) - 100.0) < 4 * 0.032  # scale 1: s.e. of the mean 1 / sqrt(1000)
+    # init_scale 0.1: s.e. of the mean 0.1 / sqrt(1000) = 0.0032; the tolerance (4 x 0.032) also holds at scale 1.
+    assert abs(float(draws["mu"].mean()) - 100.0) < 4 * 0.032
 
 
 def test_subsampled_plate_runs_and_its_elbo_improves():
@@ -248,3 +249,126 @@ def test_bad_options_are_named():
         AutoFlow(model, flow="realnvp")
     with pytest.raises(RuntimeError, match="needs the guide set up"):
         AutoFlow(model).sample_posterior(jax.random.PRNGKey(0), {})
+
+
+# --- the start: init_loc_fn, init_scale, init=Posterior; non-finite draws ------------------------------
+
+# Counts in the hundreds against an unstandardised covariate (age 20-80): the linear predictor of a
+# log link is exp(a + b * age), so a draw with b ~ 1 overflows float32 (exp(88) = inf).
+_AGE = np.random.default_rng(0).uniform(20.0, 80.0, 40).astype(np.float32)
+_COUNTS = np.random.default_rng(1).poisson(np.exp(4.0 + 0.03 * _AGE)).astype(np.float32)
+
+
+def poisson_regression(age, y=None):
+    a = numpyro.sample("a", dist.Normal(0.0, 5.0))
+    b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", age.shape[0]):
+        numpyro.sample("y", dist.Poisson(jnp.exp(a + b * age)), obs=y)
+
+
+def test_poisson_log_link_with_counts_in_the_hundreds_stays_finite():
+    assert 50 < _COUNTS.min() and _COUNTS.max() > 500  # counts in the hundreds
+    guide = AutoFlow(poisson_regression, flow="iaf", layers=2, hidden=(8,))
+    svi = SVI(poisson_regression, guide, optax.adam(1e-3), Trace_ELBO())
+    result = svi.run(jax.random.PRNGKey(0), 500, _AGE, y=_COUNTS, progress_bar=False)
+    assert np.isfinite(result.losses[0])  # the loss of step 1, at the initial parameters
+    assert np.isfinite(result.losses).all()
+    q = guide.quantiles(result.params, [0.1, 0.5, 0.9])
+    assert np.isfinite(np.asarray(q["a"])).all() and np.isfinite(np.asarray(q["b"])).all()
+
+
+def test_untrained_guide_is_a_narrow_gaussian_at_the_init_point():
+    start = {"a": 5.0, "b": 0.03}
+    guide = AutoFlow(poisson_regression, flow="iaf", layers=2, hidden=(8,), init_loc_fn=init_to_value(values=start),
+                     init_scale=0.05)
+    svi = SVI(poisson_regression, guide, optax.adam(1e-3), Trace_ELBO())
+    params = svi.get_params(svi.init(jax.random.PRNGKey(0), _AGE, y=_COUNTS))
+    draws = guide.sample_posterior(jax.random.PRNGKey(1), params, sample_shape=(4000,))
+    # N(start, 0.05^2) in each (real) coordinate: the mean's s.e. is 0.05 / sqrt(4000) = 0.0008 and
+    # the sd's 0.05 / sqrt(2 * 4000) = 0.0006; 4 s.e. allowed.
+    for site, loc in start.items():
+        assert abs(float(draws[site].mean()) - loc) < 4 * 0.0008
+        assert abs(float(draws[site].std()) - 0.05) < 4 * 0.0006
+
+
+def test_non_finite_draws_warn_once():
+    # The start AutoFlow had before init_scale: uniform in (-2, 2), scale 1. Draws of b near 1 overflow.
+    guide = AutoFlow(poisson_regression, flow="iaf", layers=2, hidden=(8,), init_loc_fn=init_to_uniform,
+                     init_scale=1.0)
+    svi = SVI(poisson_regression, guide, optax.adam(1e-3), Trace_ELBO())
+    with pytest.warns(RuntimeWarning, match=r"AutoFlow drew NaN.*optax.apply_if_finite") as record:
+        result = svi.run(jax.random.PRNGKey(0), 200, _AGE, y=_COUNTS, progress_bar=False)
+        guide.quantiles(result.params, [0.5])  # NaN again, but the guide has warned already
+        jax.effects_barrier()
+    assert not np.isfinite(result.losses).all()
+    assert sum(issubclass(w.category, RuntimeWarning) for w in record) == 1
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), "0.1", None])
+def test_init_scale_is_checked(bad):
+    with pytest.raises(ValueError, match="init_scale must be a positive"):
+        AutoFlow(poisson_regression, init_scale=bad)
+
+
+def test_init_and_init_loc_fn_are_checked():
+    with pytest.raises(TypeError, match="init must be a flowvi.Posterior .*got dict"):
+        AutoFlow(poisson_regression, init={"auto_flow$affine.loc": jnp.zeros(2)})
+    with pytest.raises(TypeError, match="init_loc_fn must be a NumPyro init strategy .*got str"):
+        AutoFlow(poisson_regression, init_loc_fn="median")
+
+
+def normal_model(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 10.0))
+    sigma = numpyro.sample("sigma", dist.HalfNormal(5.0))
+    with numpyro.plate("data", y.shape[0]):
+        numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
+
+
+_Y = jnp.asarray(np.random.default_rng(2).normal(3.0, 2.0, 20), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def normal_fit():
+    target = flowvi.Target.from_numpyro(normal_model, _Y)
+    return flowvi.fit(target, flow="iaf", layers=2, hidden=(8,), steps=200, key=jax.random.key(0), progress=False)
+
+
+def test_init_from_a_flowvi_fit_starts_where_it_ended(normal_fit):
+    guide = AutoFlow(normal_model, init=normal_fit)  # the fit's flow: iaf, layers=2, hidden=(8,)
+    elbo = Trace_ELBO(num_particles=4000)
+    svi = SVI(normal_model, guide, optax.adam(1e-3), elbo)
+    params = svi.get_params(svi.init(jax.random.PRNGKey(0), _Y))
+    assert guide.flow == normal_fit.flow
+    for got, fitted in zip(jax.tree.leaves(guide.flow_params(params)), jax.tree.leaves(normal_fit.params), strict=True):
+        np.testing.assert_array_equal(got, fitted[0])
+    # NumPyro's ELBO at the start (4000 particles) against flowvi's of the fit (4000 draws): each has
+    # s.e. ~0.02 here (diagnose's elbo_se); 4 s.e. of the difference allowed, plus nothing else.
+    diag = normal_fit.diagnose(jax.random.key(1), 4000, iw_k=None)
+
+    def numpyro_elbo(guide, params):
+        return -float(jax.jit(lambda p: elbo.loss(jax.random.PRNGKey(2), p, normal_model, guide, _Y))(params))
+
+    got = numpyro_elbo(guide, params)
+    assert abs(got - diag.elbo) < 4 * np.sqrt(2) * diag.elbo_se, (got, diag.elbo, diag.elbo_se)
+    # A fresh guide of the same flow starts far below (its ELBO is tens of nats lower).
+    fresh = AutoFlow(normal_model, flow="iaf", layers=2, hidden=(8,))
+    fresh_svi = SVI(normal_model, fresh, optax.adam(1e-3), elbo)
+    fresh_params = fresh_svi.get_params(fresh_svi.init(jax.random.PRNGKey(0), _Y))
+    assert numpyro_elbo(fresh, fresh_params) < diag.elbo - 10
+
+
+def test_init_of_another_flow_model_or_several_runs_is_refused(normal_fit):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"init is a fit of flow='iaf' .* but this AutoFlow has flow='gaussian'"):
+        AutoFlow(normal_model, flow="gaussian", init=normal_fit)
+    with pytest.raises(ValueError, match=r"init is a fit of .*'layers': 2.* this AutoFlow has .*'layers': 3"):
+        AutoFlow(normal_model, init=normal_fit, layers=3, hidden=(8,))
+    two = dataclasses.replace(normal_fit, params=jax.tree.map(lambda a: jnp.concatenate([a, a]), normal_fit.params),
+                              stop_reasons=normal_fit.stop_reasons * 2)
+    with pytest.raises(ValueError, match=r"init holds 2 runs; .*init=post.run\(i\)"):
+        AutoFlow(normal_model, init=two)
+    svi = SVI(poisson_regression, AutoFlow(poisson_regression, init=normal_fit), optax.adam(1e-3), Trace_ELBO())
+    with pytest.raises(ValueError, match=r"init was fitted to a model whose unconstrained latent sites are 'mu' "
+                                         r"\(\), 'sigma' \(\), but this model .* has 'a' \(\), 'b' \(\)"):
+        svi.init(jax.random.PRNGKey(0), _AGE, y=_COUNTS)
