@@ -34,6 +34,10 @@ EXPECTED = {
     "logistic_regression": "model",
     "hierarchical_regression": "model",
     "constrained": "model",
+    "scaled_regression": "model",
+    "ar_timeseries": "model",
+    "hsgp_heteroscedastic": "model",
+    "flat_prior_regression": "model",
 }
 ALLOWED_IMPORTS = {"numpy", "jax", "numpyro", "pathlib"}
 
@@ -248,6 +252,10 @@ UNCONSTRAINED_DIM = {
     "logistic_regression": 7,
     "hierarchical_regression": 6 + 2 * 85,
     "constrained": 7,
+    "scaled_regression": 27,
+    "ar_timeseries": 4,
+    "hsgp_heteroscedastic": 66,
+    "flat_prior_regression": 5,
 }
 
 
@@ -389,3 +397,114 @@ def test_constrained_supports():
     d = m.kwargs
     assert d["y"].shape == (50, 3) and d["cats"].shape == (40,) and d["flips"].shape == (30,)
     np.testing.assert_array_equal(d["y"], m.make_data()["y"])
+
+
+def _log_joint(name, **values):
+    """The model's log joint (NumPyro's log_density) at constrained latent values."""
+    m = load(name)
+    return float(numpyro.infer.util.log_density(m.model, m.args, m.kwargs, values)[0])
+
+
+def test_scaled_regression_design():
+    m = load("scaled_regression")
+    X, y = np.asarray(m.X, np.float64), np.asarray(m.kwargs["y"], np.float64)
+    assert X.shape == (5000, 25) and y.shape == (5000,)
+    assert X.std(0).min() < 0.011 and X.std(0).max() > 990  # sds 0.01 .. 1000
+    assert np.abs(X.mean(0)).min() > 3 * X.std(0).min()  # uncentred
+    # Posterior of (alpha, beta) given sigma at its true value: Gaussian, exact in float64; the
+    # priors (sd 1e6) are included. The docstring's numbers: max |corr| 0.9971, sds 0.031 .. 3.1e3.
+    A = np.column_stack([np.ones(len(y)), X])
+    cov = np.linalg.inv(A.T @ A / m.SIGMA_TRUE**2 + np.eye(26) / 1e12)
+    sd = np.sqrt(np.diag(cov))
+    corr = cov / np.outer(sd, sd) - np.eye(26)
+    assert np.abs(corr).max() == pytest.approx(0.9971, abs=1e-4)
+    assert sd.min() == pytest.approx(0.031, rel=0.02) and sd.max() == pytest.approx(3.1e3, rel=0.02)
+    # the data agree with the true coefficients: posterior-mean errors in posterior sds
+    mean = cov @ (A.T @ y) / m.SIGMA_TRUE**2
+    z = (mean - np.r_[m.alpha_true, m.beta_true]) / sd
+    assert np.abs(z).max() < 4.0  # 26 standard normals (sigma fixed at the truth): P(max > 4) ~ 0.002
+
+
+def test_ar_timeseries_exact_likelihood_and_support():
+    m = load("ar_timeseries")
+    y = np.asarray(m.args[0], np.float64)
+    assert y.shape == (300,)
+    # exact Gaussian likelihood of the whole path: Toeplitz autocovariance from the AR(2) recursion
+    mu, sigma, phi1, phi2 = 4.0, 1.3, 0.9, -0.3
+    gamma = np.empty(300)
+    gamma[0], gamma[1] = m.stationary_moments(phi1, phi2, sigma)
+    for k in range(2, 300):
+        gamma[k] = phi1 * gamma[k - 1] + phi2 * gamma[k - 2]
+    # Yule-Walker: gamma0 = phi1 gamma1 + phi2 gamma2 + sigma^2
+    assert gamma[0] == pytest.approx(phi1 * gamma[1] + phi2 * gamma[2] + sigma**2)
+    cov = gamma[np.abs(np.subtract.outer(np.arange(300), np.arange(300)))]
+    exact = stats.multivariate_normal(np.full(300, mu), cov).logpdf(y)
+    prior = (stats.norm(0, 10).logpdf(mu) + stats.halfnorm(scale=2).logpdf(sigma) + np.log(0.5)
+             - np.log(2 * (1 - phi2)))
+    got = _log_joint("ar_timeseries", mu=mu, sigma=sigma, phi1=phi1, phi2=phi2)
+    assert got == pytest.approx(exact + prior, abs=2e-2)  # float32 sums of 300 terms ~ -500
+    # any unconstrained point maps into the stationarity triangle
+    info, _, postprocess_fn, _ = initialized("ar_timeseries")
+    flat, unravel = jax.flatten_util.ravel_pytree(info.z)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        c = jax.jit(postprocess_fn)(unravel(jnp.asarray(rng.normal(size=flat.shape) * 3.0, flat.dtype)))
+        p1, p2 = float(c["phi1"]), float(c["phi2"])
+        assert abs(p2) < 1 and p2 - 1 < p1 < 1 - p2
+
+
+def test_hsgp_basis_approximates_the_kernel():
+    m = load("hsgp_heteroscedastic")
+    x = np.asarray(m.args[0])
+    assert x.shape == (150,) and x.min() >= -1 and x.max() <= 1
+    grid = jnp.linspace(-1.0, 1.0, 101)
+    phi = np.asarray(m.basis(grid), np.float64)
+    omega = np.asarray(m.sqrt_eigenvalues(), np.float64)
+    assert phi.shape == (101, 30)
+    for ell in (0.09, 0.15, 0.3):  # the range the docstring states (max error 0.0052)
+        exact = 0.7**2 * np.exp(-0.5 * np.subtract.outer(np.asarray(grid), np.asarray(grid)) ** 2 / ell**2)
+        approx = (phi * np.asarray(m.spectral_density(omega, 0.7, ell))) @ phi.T
+        assert np.abs(approx - exact).max() < 0.0053 * 0.7**2
+
+
+def test_hsgp_gradient_finite_where_the_spectral_density_underflows():
+    """ell = 3: exp(-ell^2 omega_30^2 / 2) underflows to 0 in float32; sqrt(0) would give a NaN gradient."""
+    m = load("hsgp_heteroscedastic")
+
+    def log_joint(v):
+        values = {"m0": v[0], "s0": v[1], "alpha_f": v[2], "ell_f": v[3], "alpha_g": v[4], "ell_g": v[5],
+                  "z_f": v[6:36], "z_g": v[36:66]}
+        return numpyro.infer.util.log_density(m.model, m.args, m.kwargs, values)[0]
+
+    v = jnp.concatenate([jnp.array([0.0, -1.0, 0.5, 3.0, 0.5, 3.0]), jnp.full(60, 0.1)])
+    assert float(jnp.exp(-0.5 * (3.0 * m.sqrt_eigenvalues()[-1]) ** 2)) == 0.0
+    grad = np.asarray(jax.grad(log_joint)(v))
+    assert np.all(np.isfinite(grad))
+
+
+def test_flat_prior_regression_exact_posterior():
+    m = load("flat_prior_regression")
+    X, y = np.asarray(m.X, np.float64), np.asarray(m.kwargs["y"], np.float64)
+    assert X.shape == (120, 3)
+    # the log joint is the plain Gaussian likelihood (flat priors add nothing)
+    alpha, beta, sigma = 10.0, np.array([0.5, 0.3, 4.0]), 15.0
+    exact = stats.norm(10.0 + X @ beta, sigma).logpdf(y).sum()
+    got = _log_joint("flat_prior_regression", alpha=alpha, beta=jnp.asarray(beta, jnp.float32), sigma=sigma)
+    assert got == pytest.approx(exact, abs=5e-3)  # float32 sum of 120 terms ~ -500
+    # exact_posterior's sigma moments against quadrature of p(sigma | y) ~ sigma^-(N - p) exp(-RSS / 2 sigma^2)
+    ref = m.exact_posterior()
+    A = np.column_stack([np.ones(120), X])
+    rss = float(np.sum((y - A @ np.linalg.lstsq(A, y, rcond=None)[0]) ** 2))
+    s = np.linspace(5.0, 60.0, 200_001)
+    dens = np.exp(-(120 - 4) * np.log(s) - rss / (2 * s**2) + (120 - 4) * np.log(20.0) + rss / 800.0)
+    z = np.trapezoid(dens, s)
+    mean = np.trapezoid(s * dens, s) / z
+    sd = np.sqrt(np.trapezoid(s**2 * dens, s) / z - mean**2)
+    assert ref["sigma"][0] == pytest.approx(mean, rel=1e-6) and ref["sigma"][1] == pytest.approx(sd, rel=1e-5)
+    # coefficients: the t posterior's sds against a Monte Carlo draw of the exact joint
+    rng = np.random.default_rng(1)
+    sig = np.sqrt(rss / 2 / rng.gamma((120 - 5) / 2, size=200_000))
+    chol = np.linalg.cholesky(np.linalg.inv(A.T @ A))
+    draws = rng.standard_normal((200_000, 4)) @ chol.T * sig[:, None]
+    # sd of a sample sd from 2e5 draws: ~ sd / sqrt(4e5) = 0.16% of sd; tolerance 1% (> 6 s.e.)
+    np.testing.assert_allclose(draws.std(0), np.r_[ref["alpha"][1], ref["beta"][1]], rtol=0.01)
