@@ -1,4 +1,4 @@
-"""`flowvi.fit(mesh=...)` on 4 simulated CPU devices, against the single-device fit.
+"""`flowvi.fit(mesh=...)` and `flowvi fit --devices N` on 4 simulated CPU devices, against one device.
 
 JAX fixes its device count at import, and this test session has one CPU
 device. So `test_on_four_simulated_devices` runs this file's ``check_*``
@@ -24,12 +24,14 @@ import pytest
 
 import flowvi
 from flowvi import reverse_kl
+from flowvi.cli import main
 from flowvi.schedules import default_optimizer
 from flowvi.sharding import make_layout, put
 from models.banana import log_density as banana
 
 NUM_DEVICES = 4
 HERE = Path(__file__).resolve()
+BANANA_FILE = str(HERE.parents[1] / "models" / "banana.py")
 
 
 def test_on_four_simulated_devices():
@@ -164,3 +166,17 @@ def check_bad_mesh_input_is_named(mesh):
     with pytest.raises(ValueError, match="does not divide over the mesh's 4 devices"):
         flowvi.fit(flowvi.Target.from_numpyro(logistic, *logistic_data(1001)), mesh=mesh, flow="gaussian",
                    steps=2, key=jax.random.key(0))
+
+
+def check_cli_devices_spreads_the_fit_and_matches_one_device(mesh, tmp_path, capsys):
+    # `flowvi fit --devices 2` on this 4-device host: the Monte Carlo batch (8 draws) split over 2 devices.
+    fit = ["fit", BANANA_FILE, "--flow", "gaussian", "--steps", "20", "--runs", "1", "--num-samples", "8",
+           "--draws", "200", "--no-progress"]
+    for n in (2, 1):
+        assert main([*fit, "--devices", str(n), "--out", str(tmp_path / str(n))]) == 0
+    capsys.readouterr()
+    two, one = flowvi.load(tmp_path / "2" / "flow.flowvi"), flowvi.load(tmp_path / "1" / "flow.flowvi")
+    assert two.settings["mesh"] == "2 devices split by batch"
+    assert one.settings["mesh"] == "1 devices split by batch"
+    for x, y in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)  # the same fit, up to reduction order
