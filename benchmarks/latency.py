@@ -1,0 +1,352 @@
+"""Time to the first answer: cold-process wall time of flowvi and of NumPyro NUTS on the shipped models.
+
+For each model (eight schools, logistic regression, hierarchical regression in
+``models/``) this runs, each in a fresh subprocess and all in one invocation:
+
+* ``flowvi`` with its defaults: ``Target.from_numpyro``, ``fit``, ``--draws``
+  constrained draws (``sample_posterior``), ``diagnose`` with as many draws, and
+  the ArviZ export (``to_arviz`` of the diagnosed draws); once with an empty
+  persistent compilation cache (``flowvi.cache.enable`` on a new folder: the
+  cold run, which fills it) and once more with that cache warm;
+* NumPyro NUTS with ``--chains`` chains (default 1 and 4) of ``--warmup`` +
+  ``--samples`` iterations (1000 + 1000), chains in parallel on as many host
+  devices, plus ``numpyro.diagnostics.summary``; cold (no cache), and again
+  with JAX's cache warm.
+
+Every worker reports its phases (import, target construction, fit or MCMC,
+drawing, diagnostics, export) in wall seconds, and every XLA compilation (name
+and seconds, from ``jax.monitoring``) with the phase it fell in, and the
+persistent cache's hits. "total" is the subprocess's wall time as the parent
+saw it, interpreter start included. Moments are compared on the constrained
+latent sites against the NUTS run with the most chains: the worst coordinate's
+``|mean - mean_ref| / sd_ref`` and ``|log(sd / sd_ref)|`` (the reference's own
+Monte Carlo error is about ``1 / sqrt(ESS)`` in those units, 0.02-0.03 at 4000
+draws).
+
+Run: ``python -m benchmarks.latency [--quick] [--models eight_schools] [--families default,iaf]``.
+Results: ``benchmarks/results/latency-<time>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+START = time.perf_counter()  # a worker's clock starts here, before its heavy imports
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = {"eight_schools": "models/eight_schools.py", "logistic_regression": "models/logistic_regression.py",
+          "hierarchical_regression": "models/hierarchical_regression.py"}
+QUICK = {"models": "eight_schools", "steps": 100, "draws": 400, "warmup": 100, "samples": 100}
+COMPILE = "/jax/core/compile/backend_compile_duration"
+TRACE = "/jax/core/compile/jaxpr_trace_duration"
+LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+HIT = "/jax/compilation_cache/cache_hits"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options (the ``--worker`` ones are for the subprocesses)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: eight schools, 100 steps, 400 draws, "
+                   "NUTS 100 + 100")
+    p.add_argument("--models", default=None, help=f"comma-separated from {', '.join(MODELS)}")
+    p.add_argument("--families", default="default",
+                   help="comma-separated flow families for flowvi (default: fit's own default family)")
+    p.add_argument("--steps", type=int, default=None, help="flowvi steps (default: fit's default)")
+    p.add_argument("--draws", type=int, default=None, help="flowvi draws and diagnostics draws (default 4000)")
+    p.add_argument("--chains", default="1,4", help="NUTS chain counts (comma-separated; empty: no NUTS)")
+    p.add_argument("--warmup", type=int, default=None, help="NUTS warm-up iterations (default 1000)")
+    p.add_argument("--samples", type=int, default=None, help="NUTS draws per chain (default 1000)")
+    p.add_argument("--no-warm", action="store_true", help="skip the runs with the cache warm")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
+    p.add_argument("--python", default=sys.executable, help="interpreter for the workers")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
+    p.add_argument("--worker", choices=["flowvi", "nuts"], help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--family", help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    p.add_argument("--num-chains", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    defaults = {"models": ",".join(MODELS), "steps": None, "draws": 4000, "warmup": 1000, "samples": 1000}
+    for name, value in (QUICK if a.quick else defaults).items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
+    for name in ("draws", "warmup", "samples"):
+        if getattr(a, name) is None:
+            setattr(a, name, defaults[name])
+    return a
+
+
+# --- the workers (one process each) -------------------------------------------------------------
+
+class Phases:
+    """Wall time per phase, and the compilations and cache hits that happened in each."""
+
+    def __init__(self, jax):
+        self.current, self.started, self.rows, self.compiles, self.hits = "import", START, {}, [], {}
+        jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+        jax.monitoring.register_event_listener(self._on_event)
+
+    def _on_duration(self, event, seconds, fun_name=None, **kwargs):
+        kind = {COMPILE: "compile", TRACE: "trace", LOWER: "lower"}.get(event)
+        if kind:
+            self.compiles.append({"phase": self.current, "kind": kind, "name": fun_name, "seconds": seconds})
+
+    def _on_event(self, event, **kwargs):
+        if event == HIT:
+            self.hits[self.current] = self.hits.get(self.current, 0) + 1
+
+    def next(self, name: str) -> None:
+        now = time.perf_counter()
+        self.rows[self.current] = now - self.started
+        self.current, self.started = name, now
+
+    def report(self) -> dict:
+        self.next("end")
+        return {"phases": self.rows, "compiles": self.compiles, "cache_hits": self.hits}
+
+
+def _load_model(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _moments(samples: dict, sites) -> dict:
+    import numpy as np
+
+    return {k: {"mean": np.asarray(samples[k], np.float64).reshape(len(samples[k]), -1).mean(0).tolist(),
+                "sd": np.asarray(samples[k], np.float64).reshape(len(samples[k]), -1).std(0).tolist()}
+            for k in sites}
+
+
+def flowvi_worker(a: argparse.Namespace) -> dict:
+    """Import, target, fit, draws, diagnostics, export of one model with flowvi's defaults."""
+    import jax
+
+    phases = Phases(jax)
+    import flowvi
+
+    phases.next("cache")
+    folder = flowvi.cache.enable(a.cache) if a.cache else None
+    phases.next("target")
+    module = _load_model(MODELS[a.model])
+    target = flowvi.Target.from_numpyro(module.model, *module.args, **module.kwargs)
+    phases.next("fit")
+    options = {} if a.family == "default" else {"flow": a.family}
+    if a.steps:
+        options["steps"] = a.steps
+    post = flowvi.fit(target, key=jax.random.key(0), progress=False, **options)
+    jax.block_until_ready(post.params)
+    phases.next("draws")
+    draws = jax.block_until_ready(post.sample_posterior(jax.random.key(1), a.draws))
+    phases.next("diagnose")
+    diag = post.diagnose(jax.random.key(2), a.draws)
+    phases.next("export")
+    post.to_arviz(jax.random.key(2), a.draws, diagnostics=diag)
+    out = phases.report()
+    return {**out, "flow": post.flow.name, "steps": int(post.steps_run[0]), "cache_folder": str(folder),
+            "verdict": diag.verdict.split(":")[0], "k_hat": float(diag.k_hat),
+            "moments": _moments(draws, target.site_shapes)}
+
+
+def nuts_worker(a: argparse.Namespace) -> dict:
+    """Import, target, NUTS, summary of one model with NumPyro."""
+    import jax
+
+    phases = Phases(jax)
+    import numpy as np
+    import numpyro
+    from numpyro.diagnostics import summary
+    from numpyro.infer import MCMC, NUTS
+
+    if a.cache:
+        jax.config.update("jax_compilation_cache_dir", a.cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    phases.next("target")
+    module = _load_model(MODELS[a.model])
+    phases.next("fit")
+    parallel = jax.local_device_count() >= a.num_chains
+    mcmc = MCMC(NUTS(module.model), num_warmup=a.warmup, num_samples=a.samples, num_chains=a.num_chains,
+                chain_method="parallel" if parallel else "sequential", progress_bar=False)
+    mcmc.run(jax.random.key(0), *module.args, **module.kwargs)
+    samples = jax.block_until_ready(mcmc.get_samples())
+    phases.next("diagnose")
+    stats = summary(mcmc.get_samples(group_by_chain=True))
+    rhat = max(float(np.nanmax(s["r_hat"])) for s in stats.values())
+    ess = min(float(np.nanmin(s["n_eff"])) for s in stats.values())
+    out = phases.report()
+    sites = [k for k, site in numpyro.handlers.trace(numpyro.handlers.seed(module.model, 0)).get_trace(
+        *module.args, **module.kwargs).items() if site["type"] == "sample" and not site["is_observed"]]
+    return {**out, "chains": a.num_chains, "chain_method": mcmc.chain_method, "max_rhat": rhat, "min_ess": ess,
+            "divergences": int(np.sum(mcmc.get_extra_fields()["diverging"])), "moments": _moments(samples, sites)}
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+def _spawn(a: argparse.Namespace, label: str, extra: list[str], env_extra: dict | None = None) -> dict:
+    argv = [a.python, "-m", "benchmarks.latency", "--model", a.model_name, "--draws", str(a.draws),
+            "--warmup", str(a.warmup), "--samples", str(a.samples), *extra]
+    if a.steps:
+        argv += ["--steps", str(a.steps)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLOWVI_CACHE": "", **(env_extra or {})}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env, timeout=a.timeout)
+    except subprocess.TimeoutExpired:
+        return {"label": label, "status": "timeout", "total": time.perf_counter() - start}
+    total = time.perf_counter() - start
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        return {"label": label, "status": "failed", "total": total, "error": done.stderr[-3000:]}
+    return {"label": label, "status": "ok", "total": total, **json.loads(lines[-1])}
+
+
+def runs_for_model(a: argparse.Namespace, model: str) -> list[dict]:
+    """The flowvi (cold, warm) and NUTS (per chain count: cold, warm) workers of one model, in order."""
+    a.model_name = model
+    records = []
+    for family in a.families.split(","):
+        with tempfile.TemporaryDirectory(prefix="flowvi-latency-") as folder:
+            for state in ("cold", "warm")[:1 if a.no_warm else 2]:
+                rec = _spawn(a, f"flowvi {family} ({state})",
+                             ["--worker", "flowvi", "--family", family, "--cache", folder])
+                records.append({"model": model, "method": "flowvi", "family": family, "cache": state, **rec})
+                _say(records[-1])
+    for chains in [int(c) for c in a.chains.split(",") if c]:
+        with tempfile.TemporaryDirectory(prefix="nuts-latency-") as folder:
+            for state in ("cold", "warm")[:1 if a.no_warm else 2]:
+                extra = ["--worker", "nuts", "--num-chains", str(chains)]
+                if state == "warm" or not a.no_warm:  # the cold run fills the cache the warm one reads
+                    extra += ["--cache", folder]
+                env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={chains}"}
+                rec = _spawn(a, f"NUTS {chains} chain{'s' if chains > 1 else ''} ({state})", extra, env)
+                records.append({"model": model, "method": "nuts", "chains": chains, "cache": state, **rec})
+                _say(records[-1])
+    compare_moments(records)
+    return records
+
+
+def _say(rec: dict) -> None:
+    print(f"  {rec['model']}: {rec['label']}: {rec['status']}, {rec['total']:.1f} s"
+          + (f"\n{rec['error']}" if rec["status"] == "failed" else ""), flush=True)
+
+
+def compare_moments(records: list[dict]) -> None:
+    """Add ``mean_err`` and ``log_sd_err`` (worst coordinate, against the NUTS run with most chains) to each record."""
+    import numpy as np
+
+    refs = [r for r in records if r["method"] == "nuts" and r["status"] == "ok" and r["cache"] == "cold"]
+    if not refs:
+        return
+    ref = max(refs, key=lambda r: r["chains"])["moments"]
+    for rec in records:
+        if rec["status"] != "ok":
+            continue
+        mean_err, sd_err = [], []
+        for site, m in ref.items():
+            if site not in rec["moments"]:
+                continue
+            mine, sd = rec["moments"][site], np.asarray(m["sd"])
+            mean_err.append(np.abs(np.asarray(mine["mean"]) - np.asarray(m["mean"])) / sd)
+            sd_err.append(np.abs(np.log(np.asarray(mine["sd"]) / sd)))
+        if mean_err:
+            rec["mean_err"] = float(np.max(np.concatenate(mean_err)))
+            rec["log_sd_err"] = float(np.max(np.concatenate(sd_err)))
+
+
+def _seconds(rec: dict, phase: str, kind: str = "compile") -> float:
+    return sum(c["seconds"] for c in rec.get("compiles", []) if c["phase"] == phase and c["kind"] == kind)
+
+
+def table(records: list[dict]) -> str:
+    """Markdown: one section per model, one row per run, phases and compilation in seconds."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        rows = [r for r in records if r["model"] == model]
+        lines += [f"## {model}", "", "| run | total s | import | target | fit/MCMC (compile) | draws | diagnose | "
+                  "export | compiles | trace+lower s | cache hits | mean err (sd) | log sd err | check |",
+                  "|---|" + "---:|" * 12 + "---|"]
+        for r in rows:
+            if r["status"] != "ok":
+                lines.append(f"| {r['label']} | {r['total']:.1f} | {r['status']} |" + " |" * 11)
+                continue
+            ph = r["phases"]
+            cell = lambda name, ph=ph: f"{ph[name]:.2f}" if name in ph else ""  # noqa: E731
+            fit = f"{ph['fit']:.2f} ({_seconds(r, 'fit'):.2f})"
+            check = (f"{r['verdict']}, k-hat {r['k_hat']:.2f}" if r["method"] == "flowvi" else
+                     f"R-hat {r['max_rhat']:.3f}, ESS {r['min_ess']:.0f}, {r['divergences']} div.")
+            compiles = [c for c in r["compiles"] if c["kind"] == "compile"]
+            staging = sum(c["seconds"] for c in r["compiles"] if c["kind"] != "compile")
+            lines.append(f"| {r['label']} | {r['total']:.1f} | {cell('import')} | {cell('target')} | {fit} | "
+                         f"{cell('draws')} | {cell('diagnose')} | {cell('export')} | {len(compiles)} "
+                         f"({sum(c['seconds'] for c in compiles):.1f} s) | {staging:.1f} | "
+                         f"{sum(r['cache_hits'].values())} | "
+                         f"{r.get('mean_err', float('nan')):.3f} | {r.get('log_sd_err', float('nan')):.3f} | {check} |")
+        lines += ["", *ratios(rows), ""]
+        for r in rows:
+            if r["status"] == "ok" and r["method"] == "flowvi" and r["cache"] == "cold":
+                top = sorted((c for c in r["compiles"] if c["kind"] == "compile"), key=lambda c: -c["seconds"])
+                lines.append(f"{r['label']}, largest compilations: " + ", ".join(
+                    f"{c['name']} ({c['phase']}) {c['seconds']:.2f} s" for c in top[:8]))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """The goals as ratios: flowvi cold / NUTS (most chains, cold); flowvi warm / flowvi cold."""
+    ok = {r["label"]: r for r in rows if r["status"] == "ok"}
+    nuts = [r for r in ok.values() if r["method"] == "nuts" and r["cache"] == "cold"]
+    out = []
+    for r in ok.values():
+        if r["method"] != "flowvi" or r["cache"] != "cold":
+            continue
+        if nuts:
+            ref = max(nuts, key=lambda n: n["chains"])
+            out.append(f"- {r['label']} / {ref['label']}: {r['total'] / ref['total']:.2f}")
+        warm = ok.get(r["label"].replace("(cold)", "(warm)"))
+        if warm:
+            out.append(f"- {warm['label']} / {r['label']}: {warm['total'] / r['total']:.2f}")
+    return out
+
+
+def main(argv=None) -> dict:
+    """Run every worker in turn; print and write the tables; return ``{"meta", "runs"}``."""
+    a = parse_args(argv)
+    if a.worker:
+        a.model_name = a.model
+        result = flowvi_worker(a) if a.worker == "flowvi" else nuts_worker(a)
+        print(json.dumps(result))
+        return result
+    import jax  # only for the record of versions and devices
+
+    meta = {"options": {k: v for k, v in vars(a).items() if k not in ("worker", "model", "family", "cache")},
+            "jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    records = []
+    for model in a.models.split(","):
+        print(f"{model}:", flush=True)
+        records += runs_for_model(a, model)
+    out_dir = pathlib.Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"latency-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1))
+    text = (f"# Time to the first answer ({meta['backend']}, {meta['cpus']} CPUs, jax {meta['jax']}, "
+            f"{meta['time']})\n\n" + table(records))
+    path.with_suffix(".md").write_text(text)
+    print("\n" + text + f"\nwrote {path} and {path.with_suffix('.md')}", flush=True)
+    return {"meta": meta, "runs": records}
+
+
+if __name__ == "__main__":
+    main()
