@@ -219,7 +219,14 @@ def _probe_values(log_density: Callable, dim: int):
         hash(log_density)
     except TypeError:  # an unhashable callable cannot be a static argument: compile it on its own
         return jax.jit(lambda: _probe_body(log_density, dim))()
-    return _probe_program(log_density, dim)
+    try:
+        return _probe_program(log_density, dim)
+    except RuntimeError as err:
+        if "non-addressable" not in str(err):
+            raise
+        # A density closing over data split across processes (flowvi.fit with a multi-process mesh)
+        # cannot be one program: evaluate it op by op, as its own compiled pieces.
+        return _probe_body(log_density, dim)
 
 
 def _probe_body(log_density: Callable, dim: int):

@@ -101,7 +101,7 @@ def test_attrs_describe_the_fit(plain_post):
         assert attrs["inference_library"] == "flowvi"
         assert attrs["inference_library_version"] == flowvi.__version__
         assert attrs["flow"] == "gaussian"
-        assert json.loads(attrs["flow_hyperparameters"]) == {"covariance": "diag"}
+        assert json.loads(attrs["flow_hyperparameters"]) == {"covariance": "diag", "whitened": True}  # warm-started
         assert list(attrs["steps_run"]) == [300, 300]
         assert "completed all steps" in attrs["stop_reason"]
         assert len(attrs["final_training_elbo"]) == 2
@@ -291,5 +291,5 @@ def test_netcdf_round_trip(regression_idata, tmp_path):
         xr.testing.assert_allclose(_group(back, group).load(), _group(idata, group))
     attrs = _group(back, "posterior").attrs
     assert attrs["inference_library"] == "flowvi"
-    assert json.loads(attrs["flow_hyperparameters"]) == {"covariance": "full"}
+    assert json.loads(attrs["flow_hyperparameters"]) == {"covariance": "full", "whitened": True}  # warm-started
     np.testing.assert_allclose(attrs["k_hat"], _group(idata, "posterior").attrs["k_hat"])

@@ -95,6 +95,7 @@ def test_the_environment_chooses_the_folder_or_turns_the_cache_off(tmp_path, mon
 
 def test_bad_folders_are_refused_with_the_reason(tmp_path, monkeypatch, restore_cache):
     monkeypatch.delenv(cache.ENV_SWITCH, raising=False)
+    before = cache.folder()  # the test session's own cache folder (tests/conftest.py), or None
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match=r"cache folder .*file/jax.* cannot be created.*FLOWVI_CACHE=0"):
         cache.enable(tmp_path / "file" / "jax")
@@ -102,7 +103,7 @@ def test_bad_folders_are_refused_with_the_reason(tmp_path, monkeypatch, restore_
         cache.enable(3)
     with pytest.warns(RuntimeWarning, match="runs without the compilation cache"):
         assert cache.enable_or_warn(tmp_path / "file" / "jax") is None
-    assert cache.folder() is None
+    assert cache.folder() == before  # a refused folder changes nothing
 
 
 def test_the_command_line_turns_the_cache_on(monkeypatch):

@@ -177,7 +177,7 @@ def _diverging(monkeypatch, loc):
     real_fit = flowvi.fit
 
     def fit(target, **kwargs):
-        post = real_fit(target, **{**kwargs, "steps": 5, "progress": False})
+        post = real_fit(target, **{**kwargs, "steps": 5, "progress": False, "init": "standard"})
         shape = post.params["affine"]["loc"].shape
         params = {"affine": {"loc": jnp.full(shape, loc, jnp.float32), "raw_scale": jnp.zeros(shape)}}
         return dataclasses.replace(post, params=params, losses=np.full(post.losses.shape, np.nan))
