@@ -36,6 +36,18 @@ if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# The files whose tests take longest (notebooks, subprocesses, whole CLI pipelines) are collected
+# first: with `-n 2 --dist worksteal` (pyproject's addopts) they start early, and the idle worker
+# takes the short ones from the end of the other's queue, so both finish together. Other files
+# keep their order; a file's tests stay together (module-scoped fixtures are made once).
+SLOW_FILES_FIRST = ("test_notebooks.py", "test_sharding.py", "test_cli_main.py", "test_multihost.py",
+                    "test_fault_injection.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
+
 
 def pytest_unconfigure(config):
     if _OWN_CACHE is not None and not hasattr(config, "workerinput"):

@@ -122,6 +122,14 @@ def standard_normal(x):
 
 
 @functools.cache
+def constrained_target():
+    """`Target.from_numpyro` of models/constrained.py, built once per process (NumPyro's initialisation
+    of its LKJ, simplex and unit-interval sites compiles ~150 small programs); never mutate it."""
+    c = load_model("constrained")
+    return flowvi.Target.from_numpyro(c.model, *c.args, **c.kwargs)
+
+
+@functools.cache
 def tiny_gaussian_fit():
     """A 20-step diagonal-Gaussian fit of the 2-D standard normal (shared by fault tests; never mutate it)."""
     return flowvi.fit(standard_normal, 2, flow="gaussian", steps=20, key=jax.random.key(0))

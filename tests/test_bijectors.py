@@ -1,6 +1,8 @@
 """Every family's bijector, plain and inverted: log|det J| against jax.jacfwd (float64) in both
 directions, inverse round trips, identity initialisation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,14 +35,14 @@ CASES = [
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in CASES]
 # An inverted flow at its identity initialisation is the plain one's inverse of the identity: the
 # identity checks below run on the plain flows only.
-PLAIN = [(n, kw) for n, kw in CASES if not kw.get("inverted")]
-PLAIN_IDS = [i for i, (_, kw) in zip(IDS, CASES, strict=True) if not kw.get("inverted")]
+PLAIN = [i for i, (_, kw) in enumerate(CASES) if not kw.get("inverted")]
+PLAIN_IDS = [IDS[i] for i in PLAIN]
 DIM = 3
 
 
 def _random_flow(name, kw, seed=0):
     flow = flows.make_flow(name, DIM, **kw)
-    params = randomize(flow.init(jax.random.key(seed)), jax.random.key(seed + 100), scale=0.2)
+    params = randomize(jax.jit(flow.init)(jax.random.key(seed)), jax.random.key(seed + 100), scale=0.2)
     return flow, params
 
 
@@ -62,19 +64,6 @@ def _log_dets(flow, params, xs):
     return batched, exact, single
 
 
-@pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
-def test_log_det_matches_jacfwd(x64, name, kw):
-    # Plain flows: the forward map; inverted ones: their forward is the plain inverse (for iaf the
-    # sequential one), so together both directions of every family are checked (bnaf's root-finding
-    # inverse by the round trips below).
-    flow, params = _random_flow(name, kw)
-    xs = jax.random.normal(jax.random.key(1), (5, DIM), jnp.float64) * 1.5
-    log_det, exact, single = jax.jit(_log_dets, static_argnums=0)(flow, params, xs)
-    np.testing.assert_allclose(log_det, exact, rtol=1e-8, atol=1e-8)
-    # The per-point (unbatched) call agrees with the batched one.
-    np.testing.assert_allclose(single, log_det, atol=1e-10)
-
-
 def _round_trip(flow_apply, params, u, key):
     dist = flow_apply(params)
     x, fwd_log_det = dist.bijector.forward_and_log_det(u)
@@ -83,34 +72,66 @@ def _round_trip(flow_apply, params, u, key):
     return u_back, inv_log_det, fwd_log_det, dist.log_prob(x2), log_q
 
 
-@pytest.mark.parametrize(("name", "kw"), CASES, ids=IDS)
-def test_inverse_round_trips(x64, name, kw):
-    flow, params = _random_flow(name, kw)
-    u = jax.random.normal(jax.random.key(2), (6, DIM), jnp.float64)
-    u_back, inv_log_det, fwd_log_det, log_prob, log_q = jax.jit(_round_trip, static_argnums=0)(
-        flow.apply, params, u, jax.random.key(3))
-    np.testing.assert_allclose(u_back, u, atol=1e-7)
-    np.testing.assert_allclose(inv_log_det, -fwd_log_det, atol=1e-7)
+def _everything(flow, params, init_params, inputs, key):
+    """All that the four tests below check of one flow, as one program (compiling is their cost)."""
+    out = dict(zip(("log_det", "exact", "single"), _log_dets(flow, params, inputs["xs"]), strict=True))
+    out.update(zip(("u_back", "inv_log_det", "fwd_log_det", "log_prob", "log_q"),
+                   _round_trip(flow.apply, params, inputs["u"], key), strict=True))
+    if not dict(flow.hyperparameters).get("inverted"):
+        out["x_init"], out["log_det_init"] = flow.apply(init_params).bijector.forward_and_log_det(inputs["u_init"])
+        out["x_random"] = flow.apply(params).bijector.forward(inputs["u_guard"])
+    return out
+
+
+_compiled_everything = jax.jit(_everything, static_argnums=0)
+
+
+@functools.cache
+def _results(case: int) -> dict:
+    """`_everything` for ``CASES[case]`` in float64, once per process (numpy arrays; the inputs too)."""
+    name, kw = CASES[case]
+    with jax.enable_x64(True):
+        flow, params = _random_flow(name, kw)
+        inputs = {"xs": jax.random.normal(jax.random.key(1), (5, DIM), jnp.float64) * 1.5,
+                  "u": jax.random.normal(jax.random.key(2), (6, DIM), jnp.float64),
+                  "u_init": jax.random.normal(jax.random.key(5), (7, DIM), jnp.float64),
+                  "u_guard": jax.random.normal(jax.random.key(6), (4, DIM), jnp.float64)}
+        out = _compiled_everything(flow, params, jax.jit(flow.init)(jax.random.key(4)), inputs, jax.random.key(3))
+        return jax.device_get({**out, **inputs})
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+def test_log_det_matches_jacfwd(case):
+    # Plain flows: the forward map; inverted ones: their forward is the plain inverse (for iaf the
+    # sequential one), so together both directions of every family are checked (bnaf's root-finding
+    # inverse by the round trips below). float64, random parameters (see the last test of these four).
+    r = _results(case)
+    np.testing.assert_allclose(r["log_det"], r["exact"], rtol=1e-8, atol=1e-8)
+    # The per-point (unbatched) call agrees with the batched one.
+    np.testing.assert_allclose(r["single"], r["log_det"], atol=1e-10)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+def test_inverse_round_trips(case):
+    r = _results(case)
+    np.testing.assert_allclose(r["u_back"], r["u"], atol=1e-7)
+    np.testing.assert_allclose(r["inv_log_det"], -r["fwd_log_det"], atol=1e-7)
     # Density of own samples (one pass) equals log_prob at the same points (inverse).
-    np.testing.assert_allclose(log_prob, log_q, atol=1e-7)
+    np.testing.assert_allclose(r["log_prob"], r["log_q"], atol=1e-7)
 
 
-@pytest.mark.parametrize(("name", "kw"), PLAIN, ids=PLAIN_IDS)
-def test_identity_at_initialisation(name, kw):
-    flow = flows.make_flow(name, DIM, **kw)
-    u = jax.random.normal(jax.random.key(5), (7, DIM))
-    x, log_det = jax.jit(lambda p: flow.apply(p).bijector.forward_and_log_det(u))(flow.init(jax.random.key(4)))
-    np.testing.assert_allclose(x, u, atol=2e-5)
-    np.testing.assert_allclose(log_det, 0.0, atol=2e-5)
+@pytest.mark.parametrize("case", PLAIN, ids=PLAIN_IDS)
+def test_identity_at_initialisation(case):
+    r = _results(case)
+    np.testing.assert_allclose(r["x_init"], r["u_init"], atol=2e-5)
+    np.testing.assert_allclose(r["log_det_init"], 0.0, atol=2e-5)
 
 
-@pytest.mark.parametrize(("name", "kw"), PLAIN, ids=PLAIN_IDS)
-def test_random_parameters_are_not_identity(name, kw):
+@pytest.mark.parametrize("case", PLAIN, ids=PLAIN_IDS)
+def test_random_parameters_are_not_identity(case):
     # Guards the tests above: the randomised flows really transform.
-    flow, params = _random_flow(name, kw)
-    u = jax.random.normal(jax.random.key(6), (4, DIM))
-    x = jax.jit(lambda p: flow.apply(p).bijector.forward(u))(params)
-    assert float(jnp.abs(x - u).max()) > 1e-2
+    r = _results(case)
+    assert float(np.abs(r["x_random"] - r["u_guard"]).max()) > 1e-2
 
 
 def test_autoregressive_structure_of_masked_autoregressive():
@@ -122,7 +143,7 @@ def test_autoregressive_structure_of_masked_autoregressive():
     masks = [jnp.asarray(m) for m in made_masks(DIM, (8,), 2)]
     bij = MaskedAutoregressive(lambda x: apply_mlp(layer_params, x, masks).reshape(*x.shape[:-1], DIM, 2),
                                affine_transformer, DIM)
-    jac = jax.jacfwd(bij.forward)(jnp.array([0.3, -0.2, 1.1]))
+    jac = jax.jit(jax.jacfwd(bij.forward))(jnp.array([0.3, -0.2, 1.1]))  # compiled: faster than op by op
     np.testing.assert_allclose(jnp.triu(jac, 1), 0.0)
     assert float(jnp.abs(jnp.tril(jac, -1)).max()) > 0
 
@@ -131,7 +152,7 @@ def test_bnaf_block_is_autoregressive_and_monotone():
     flow, params = _random_flow("bnaf", {"layers": 1, "block_size": (4,)}, seed=3)
     net = jax.tree.map(lambda a: a[0], params["layers"])
     bij = BlockAutoregressive(net, DIM)
-    jac = jax.jacfwd(bij.forward)(jnp.array([0.5, -1.0, 2.0]))
+    jac = jax.jit(jax.jacfwd(bij.forward))(jnp.array([0.5, -1.0, 2.0]))
     np.testing.assert_allclose(jnp.triu(jac, 1), 0.0)
     assert bool(jnp.all(jnp.diag(jac) > 0))
 
@@ -148,7 +169,7 @@ def test_coupling_transforms_every_coordinate():
     # without the linear layers, so that only the couplings can make outputs depend on other coordinates
     flow, params = _random_flow("affine_coupling", {"layers": 2, "hidden": (8,), "linear": False})
     params = {**params, "affine": flow.init(jax.random.key(0))["affine"]}  # only the coupling layers act
-    jac = jax.jacfwd(flow.apply(params).bijector.forward)(jnp.array([0.1, 0.2, 0.3]))
+    jac = jax.jit(jax.jacfwd(flow.apply(params).bijector.forward))(jnp.array([0.1, 0.2, 0.3]))
     off_diag = jnp.abs(jac - jnp.diag(jnp.diag(jac)))
     assert bool(jnp.all(off_diag.sum(axis=1) > 0)), "every output must depend on another coordinate"
 

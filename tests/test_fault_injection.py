@@ -1,8 +1,9 @@
 """Fault injection in real processes: Ctrl-C (SIGINT) in the middle of a fit, and a save that
 runs out of room halfway (a file-size limit).
 
-Each test starts a Python process on tiny fits with far more steps than can run, waits for
-its first progress line on stderr (the fit is then under way), and sends SIGINT.
+Each Ctrl-C test starts a Python process on tiny fits with far more steps than can run, waits
+for its first progress line on stderr (the fit is then under way), and sends SIGINT. The
+library's process then also saves a fit over a file-size limit (one process start, not two).
 """
 
 import os
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import standard_normal, tiny_gaussian_fit
 
 import flowvi
 from flowvi.cli.main import OUTPUTS
@@ -30,11 +32,12 @@ LIBRARY_SCRIPT = """
 import sys, warnings
 import jax, jax.numpy as jnp, numpy as np, flowvi
 
-folder = sys.argv[1]
+folder, limited = sys.argv[1], sys.argv[2]
+log_density = lambda x: -0.5 * jnp.sum((x - 1.0) ** 2)  # noqa: E731
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    post = flowvi.fit(lambda x: -0.5 * jnp.sum((x - 1.0) ** 2), 2, flow="gaussian", steps=10_000_000,
-                      num_runs=2, progress=True, key=jax.random.key(0))
+    post = flowvi.fit(log_density, 2, flow="gaussian", steps=10_000_000, num_runs=2, progress=True,
+                      key=jax.random.key(0))
     post.save(folder + "/fit.flowvi")
     print("fit warned:", " | ".join(str(w.message) for w in caught), flush=True)
     caught.clear()
@@ -43,6 +46,19 @@ with warnings.catch_warnings(record=True) as caught:
                               key=jax.random.key(1))
     post.save(folder + "/samples.flowvi")
     print("fit_samples warned:", " | ".join(str(w.message) for w in caught), flush=True)
+
+# A save that runs out of room halfway: the file already at `limited` must stay as it was.
+if sys.platform == "linux":  # RLIMIT_FSIZE and SIGXFSZ as on Linux
+    import resource, signal
+    post = flowvi.fit(log_density, 2, flow="gaussian", steps=3000, num_runs=2, progress=False,
+                      key=jax.random.key(1))  # the first fit's compilation; its loss trace alone is 24 kB
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write then fails instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+    try:
+        post.save(limited)
+        print("saved")
+    except OSError as err:
+        print("save failed:", err)
 """
 
 
@@ -67,9 +83,19 @@ def _interrupt(command: list[str], triggers: list[str]) -> tuple[int, str, str]:
     return proc.returncode, stdout, "".join(seen) + rest
 
 
-def test_ctrl_c_returns_the_fit_so_far(tmp_path):
-    rc, stdout, stderr = _interrupt([sys.executable, "-c", LIBRARY_SCRIPT, str(tmp_path)],
+@pytest.fixture(scope="module")
+def library_process(tmp_path_factory):
+    """LIBRARY_SCRIPT run once, interrupted in fit and in fit_samples; a saved fit at `limited` first."""
+    folder, limited = tmp_path_factory.mktemp("library"), tmp_path_factory.mktemp("limit") / "fit.flowvi"
+    tiny_gaussian_fit().save(limited)
+    before = limited.read_bytes()
+    rc, stdout, stderr = _interrupt([sys.executable, "-c", LIBRARY_SCRIPT, str(folder), str(limited)],
                                     ["flowvi: step", "flowvi: epoch"])
+    return rc, stdout, stderr, folder, limited, before
+
+
+def test_ctrl_c_returns_the_fit_so_far(library_process):
+    rc, stdout, stderr, tmp_path, _, _ = library_process
     assert rc == 0, stderr
     assert "Traceback" not in stderr
     assert "flowvi.fit: interrupted; stopping at the end of this step chunk" in stderr
@@ -119,34 +145,13 @@ def test_ctrl_c_in_the_cli_writes_the_outputs_and_exits_130(tmp_path):
     assert attrs["stop_reason"] == post.stop_reason and attrs["steps_run"].tolist() == [n, n]
 
 
-SAVE_SCRIPT = """
-import resource, signal, sys
-import jax, jax.numpy as jnp, flowvi
-
-post = flowvi.fit(lambda x: -0.5 * jnp.sum(x ** 2), 2, flow="gaussian", steps=3000, progress=False,
-                  key=jax.random.key(1))  # its loss trace alone is 12 kB
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit a write then fails instead of killing us
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
-try:
-    post.save(sys.argv[1])
-    print("saved")
-except OSError as err:
-    print("save failed:", err)
-"""
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
-def test_save_that_hits_a_file_size_limit_keeps_the_old_file(tmp_path):
-    old = flowvi.fit(lambda x: -0.5 * jnp.sum(x ** 2), 2, flow="gaussian", steps=5, key=jax.random.key(0))
-    path = tmp_path / "fit.flowvi"
-    old.save(path)
-    before = path.read_bytes()
-    result = subprocess.run([sys.executable, "-c", SAVE_SCRIPT, str(path)], capture_output=True, text=True,
-                            env=ENV, cwd=ROOT, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("save failed: [Errno 27] File too large"), result.stdout
+def test_save_that_hits_a_file_size_limit_keeps_the_old_file(library_process):
+    rc, stdout, stderr, _, path, before = library_process
+    assert rc == 0, stderr
+    assert "\nsave failed: [Errno 27] File too large" in stdout, stdout
     assert path.read_bytes() == before
-    loaded = flowvi.load(path, lambda x: -0.5 * jnp.sum(x ** 2))
+    loaded, old = flowvi.load(path, standard_normal), tiny_gaussian_fit()
     np.testing.assert_array_equal(loaded.sample(jax.random.key(2), 10), old.sample(jax.random.key(2), 10))
-    assert loaded.steps_run.tolist() == [5]
-    assert os.listdir(tmp_path) == ["fit.flowvi"]  # the partial temporary file was removed
+    assert loaded.steps_run.tolist() == [20]
+    assert os.listdir(path.parent) == ["fit.flowvi"]  # the partial temporary file was removed

@@ -8,7 +8,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from helpers import assert_agrees_with_nuts, assert_constrained_draws_in_support, load_model
+from helpers import assert_agrees_with_nuts, assert_constrained_draws_in_support, constrained_target, load_model
 from jax.scipy import stats
 
 import flowvi
@@ -86,8 +86,7 @@ def test_eight_schools_fit_agrees_with_nuts(eight_schools_post):
 
 
 def test_constrained_model_draws_lie_in_their_supports():
-    c = load_model("constrained")
-    target = flowvi.Target.from_numpyro(c.model, *c.args, **c.kwargs)
+    target = constrained_target()
     assert target.dim == 7
     assert target.names == ["L[0]", "L[1]", "L[2]", "p", "sigma", "w[0]", "w[1]"]
     assert target.site_shapes == {"sigma": (), "p": (), "w": (3,), "L": (3, 3)}
