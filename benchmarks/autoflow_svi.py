@@ -9,6 +9,9 @@ radon regression), with three guides:
   and start (``init_to_median``, ``init_scale=0.1``), 4 layers of hidden
   widths ``(w, w)``, ``w = max(64, latent dim)`` (the defaults where the
   latent dimension is at most 64);
+- ``AutoFlow(init_scale=1)``: the same with the untrained flow's scale 1
+  instead of the default 0.1 (the start before issue 14), to show what the
+  narrow start costs or saves;
 - ``AutoIAFNormal``: ``num_flows=4, hidden_dims=[w, w]``, the same size;
 - ``AutoBNAFNormal``: its defaults (``num_flows=1, hidden_factors=[8, 8]``),
   on latent dimensions up to ``--bnaf-max-dim`` (64): beyond, its defaults
@@ -19,7 +22,8 @@ radon regression), with three guides:
 Reported per (model, P, guide): the worst ``|mean - reference mean| /
 reference sd`` over every constrained latent and deterministic coordinate
 (20,000 guide draws, so the Monte Carlo error of each mean is 0.007 sd), per
-seed and its median over seeds; seconds per 1000 steps once compiled (the best
+seed and its median over seeds (a seed whose draws are NaN, a diverged run,
+counts as an infinite error); seconds per 1000 steps once compiled (the best
 warm seed: each seed runs the same compiled loop); the first seed's
 compilation; the parameter count. The reference is a long NUTS run on the
 model (cached in benchmarks/.cache/, keyed on the model file and data).
@@ -46,7 +50,7 @@ from benchmarks.neutra import _digest, _load, _numpyro_reference
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ("eight_schools", "logistic_regression", "hierarchical_regression")
-GUIDES = ("AutoFlow", "AutoIAFNormal", "AutoBNAFNormal")
+GUIDES = ("AutoFlow", "AutoFlow(init_scale=1)", "AutoIAFNormal", "AutoBNAFNormal")
 FULL = {"seeds": 5, "steps": 5000, "particles": (1, 16), "draws": 20_000, "learning_rate": 1e-3,
         "reference_chains": 4, "reference_warmup": 2000, "reference_samples": 10000}
 QUICK = {"seeds": 2, "steps": 300, "particles": (1, 4), "draws": 4000,
@@ -62,6 +66,8 @@ def make_guide(name: str, model, dim: int):
     width = max(64, dim)
     if name == "AutoFlow":
         return AutoFlow(model, layers=4, hidden=(width, width))
+    if name == "AutoFlow(init_scale=1)":
+        return AutoFlow(model, layers=4, hidden=(width, width), init_scale=1.0)
     if name == "AutoIAFNormal":
         return AutoIAFNormal(model, num_flows=4, hidden_dims=[width, width])
     if name == "AutoBNAFNormal":
@@ -107,13 +113,13 @@ def run_guide(model_file, target, reference: dict, guide_name: str, particles: i
         mean = np.asarray(means(jax.random.PRNGKey(1000 + seed), svi.get_params(state)), np.float64)
         other_s += time.perf_counter() - start - seconds[-1]
         err = np.abs(mean - ref_mean) / ref_sd
-        errors.append(float(np.max(err)) if np.all(np.isfinite(err)) else float("nan"))
+        errors.append(float(np.max(err)) if np.all(np.isfinite(err)) else float("inf"))
         worst_at.append(reference["names"][int(np.nanargmax(err))] if np.any(np.isfinite(err)) else "NaN")
         mean_losses.append(float(loss_sum) / steps)
     warm = seconds[1:] or seconds
     per_1000 = min(warm) / steps * 1000
     return {"guide": guide_name, "particles": particles, "errors": errors, "worst_at": worst_at,
-            "median_error": float(np.median(errors)) if not np.any(np.isnan(errors)) else float("nan"),
+            "median_error": float(np.median(errors)),
             "s_per_1000": per_1000, "compile_s": seconds[0] - min(warm) if len(seconds) > 1 else float("nan"),
             "params": n_params, "mean_loss": mean_losses, "init_and_sampling_s": other_s}
 
@@ -188,8 +194,8 @@ def main(argv=None) -> dict:
                     warnings.simplefilter("always")
                     rec = run_guide(model_file, target, reference, guide, particles, settings)
                 rec.update(model=name, dim=target.dim, warnings=sorted({str(w.message)[:120] for w in caught}))
-                print(f"[{name}] P={particles} {guide}: worst mean error {rec['median_error']:.3f} sd (median; "
-                      f"{', '.join(f'{e:.3f}' for e in rec['errors'])}), {rec['s_per_1000']:.3f} s/1k steps",
+                print(f"[{name}] P={particles} {guide}: worst mean error {_error(rec['median_error'])} sd (median; "
+                      f"{', '.join(map(_error, rec['errors']))}), {rec['s_per_1000']:.3f} s/1k steps",
                       flush=True)
                 results["runs"].append(rec)
     results["wall_s"] = time.perf_counter() - start
@@ -204,6 +210,10 @@ def main(argv=None) -> dict:
     return results
 
 
+def _error(e: float) -> str:
+    return "diverged" if not np.isfinite(e) else f"{e:.3f}"
+
+
 def render(results: dict) -> str:
     """One markdown table (model x P x guide) and the goal checks."""
     s = results["settings"]
@@ -215,9 +225,9 @@ def render(results: dict) -> str:
              "| model | P | guide | params | median worst err (sd) | per seed | s / 1000 steps | compile s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
-        lines.append(f"| {r['model']} | {r['particles']} | {r['guide']} | {r['params']:,} | {r['median_error']:.3f} | "
-                     f"{' '.join(f'{e:.2f}' for e in r['errors'])} | {r['s_per_1000']:.3f} | "
-                     f"{r['compile_s']:.1f} |")
+        lines.append(f"| {r['model']} | {r['particles']} | {r['guide']} | {r['params']:,} | "
+                     f"{_error(r['median_error'])} | {' '.join(_error(e) for e in r['errors'])} | "
+                     f"{r['s_per_1000']:.3f} | {r['compile_s']:.1f} |")
     if results.get("skipped"):
         lines += ["", f"Skipped (over --bnaf-max-dim): {', '.join(results['skipped'])}."]
     lines += ["", "## Goals (issue 14)", ""]
@@ -228,8 +238,8 @@ def render(results: dict) -> str:
             continue
         accurate = r["median_error"] <= iaf["median_error"]
         ratio = r["s_per_1000"] / iaf["s_per_1000"]
-        lines.append(f"- {model}, P={particles}: median worst error {r['median_error']:.3f} vs AutoIAFNormal "
-                     f"{iaf['median_error']:.3f}: {'pass' if accurate else 'FAIL'}; step time {ratio:.2f}x "
+        lines.append(f"- {model}, P={particles}: median worst error {_error(r['median_error'])} vs AutoIAFNormal "
+                     f"{_error(iaf['median_error'])}: {'pass' if accurate else 'FAIL'}; step time {ratio:.2f}x "
                      f"AutoIAFNormal's (params {r['params']:,} vs {iaf['params']:,}): "
                      f"{'pass' if ratio <= 1.1 else 'FAIL'}")
     return "\n".join(lines) + "\n"
