@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import pathlib
 import sys
 import time
@@ -46,6 +45,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from benchmarks import report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -286,12 +287,7 @@ def main(argv=None) -> dict:
             results["runs"].append(rec)
     table = render(results)
     print("\n" + table)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"neutra-{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / f"neutra-{stamp}.md").write_text(table)
-    print(f"wrote {out / f'neutra-{stamp}.json'} and .md")
+    report.write_results(results, table, args.out, "neutra")
     return results
 
 

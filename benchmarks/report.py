@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 import sys
+import time
 
 COLUMNS = [  # (header, getter, format)
     ("method", lambda r: r["method"], "{}"),
@@ -72,3 +74,14 @@ def markdown(results: dict) -> str:
 if __name__ == "__main__":
     with open(sys.argv[1]) as f:
         print(markdown(json.load(f)))
+
+
+def write_results(results: dict, table: str, out, name: str) -> pathlib.Path:
+    """Write ``<out>/<name>-<timestamp>.json`` (the results) and ``.md`` (the table); return the JSON path."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    path.with_suffix(".md").write_text(table)
+    print(f"wrote {path} and .md")
+    return path

@@ -77,11 +77,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def _spawn(cmd: list[str], timeout: float, log: pathlib.Path) -> tuple[int | None, str]:
-    """Run `cmd` in its own session; kill its process group on timeout. Return (rc, log tail)."""
+def _spawn(cmd: list[str], timeout: float, log: pathlib.Path, env: dict | None = None) -> tuple[int | None, str]:
+    """Run `cmd` in its own session (with `env` added to the environment); kill its process group on timeout.
+
+    Returns (rc, or None on timeout; the log's tail).
+    """
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

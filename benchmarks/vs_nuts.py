@@ -42,11 +42,12 @@ import hashlib
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import report
+from benchmarks.run import _spawn as run_spawn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS_DIR = ROOT / "models"
@@ -231,15 +232,7 @@ def _reference_settings(name: str, quick: bool) -> dict:
 def _spawn(args: list[str], timeout: float, log: pathlib.Path, env: dict | None = None) -> tuple[int | None, float]:
     """Run ``python -m benchmarks.vs_nuts <args>`` in its own session; (exit code or None on timeout, wall s)."""
     t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.vs_nuts", *args], cwd=ROOT, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
+    rc, _ = run_spawn([sys.executable, "-m", "benchmarks.vs_nuts", *args], timeout, log, env)
     return rc, time.perf_counter() - t0
 
 
@@ -378,12 +371,7 @@ def main(argv=None) -> dict | None:
                 results["runs"].append(rec)
     table = render(results)
     print("\n" + table)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out / f"vs_nuts-{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / f"vs_nuts-{stamp}.md").write_text(table)
-    print(f"wrote {out / f'vs_nuts-{stamp}.json'} and .md")
+    report.write_results(results, table, args.out, "vs_nuts")
     return results
 
 
