@@ -131,5 +131,9 @@ def constrained_target():
 
 @functools.cache
 def tiny_gaussian_fit():
-    """A 20-step diagonal-Gaussian fit of the 2-D standard normal (shared by fault tests; never mutate it)."""
-    return flowvi.fit(standard_normal, 2, flow="gaussian", steps=20, key=jax.random.key(0))
+    """A 20-step diagonal-Gaussian fit of the 2-D standard normal (shared by fault tests; never mutate it).
+
+    No warm start (init="standard"): its params are the bare Gaussian's {"affine": {loc, raw_scale}}, which
+    the fault tests overwrite to build diverged fits.
+    """
+    return flowvi.fit(standard_normal, 2, flow="gaussian", steps=20, key=jax.random.key(0), init="standard")

@@ -135,7 +135,7 @@ def test_transformation_leaves_out_points_sent_to_infinity(post):
 
 
 def test_report_figure_of_a_diverged_fit_without_export(tmp_path):
-    post3 = flowvi.fit(g, 3, flow="gaussian", steps=20, key=K)
+    post3 = flowvi.fit(g, 3, flow="gaussian", steps=20, key=K, init="standard")
     bad = _with_loc(post3, np.nan, dim=3)
     fig = report_figure(bad, None, K, jax.random.key(1), num_draws=200)
     text = _texts(fig)
@@ -145,6 +145,6 @@ def test_report_figure_of_a_diverged_fit_without_export(tmp_path):
 
 
 def test_report_figure_pair_plot_of_identical_draws(tmp_path):
-    post3 = flowvi.fit(g, 3, flow="gaussian", steps=20, key=K)
+    post3 = flowvi.fit(g, 3, flow="gaussian", steps=20, key=K, init="standard")
     fig = report_figure(_with_loc(post3, 1e29, dim=3), None, K, jax.random.key(1), num_draws=200)
     _png(fig, tmp_path)  # one value per column: the histograms get a width instead of failing
