@@ -297,6 +297,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     init_key, train_key = jax.random.split(key)
     if previous is not None:
         whitening, warm = None, {"continued": f"from an earlier fit ({previous.stop_reason})"}
+    elif init == "auto" and flow.options.get("standardised", False):
+        # A flow fitted by fit_samples already ends in its data's fixed scale map; it is not whitened twice.
+        whitening, warm = None, {"skipped": "the flow is standardised (from fit_samples)"}
     elif init == "auto":
         whitening, warm = _warm_start(target, jax.random.fold_in(key, WARM_START_STREAM))
         if whitening is not None and not flow.options.get("whitened", False):

@@ -37,7 +37,7 @@ log_density = lambda x: -0.5 * jnp.sum((x - 1.0) ** 2)  # noqa: E731
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     post = flowvi.fit(log_density, 2, flow="gaussian", steps=10_000_000, num_runs=2, progress=True,
-                      key=jax.random.key(0))
+                      key=jax.random.key(0), init="standard")  # no warm start: the losses show training
     post.save(folder + "/fit.flowvi")
     print("fit warned:", " | ".join(str(w.message) for w in caught), flush=True)
     caught.clear()

@@ -173,3 +173,4 @@ def test_a_standardised_flow_can_be_fitted_by_reverse_kl():
     post = flowvi.fit(lambda x: -0.5 * ((x - 3.0) ** 2).sum(), 2, flow=flow, steps=300, num_runs=2, key=KEY)
     # 2000 draws of a unit-sd target: s.e. of a mean 0.022; 300 steps leave ~0.03 of bias.
     np.testing.assert_allclose(np.asarray(post.sample(jax.random.key(1), DRAWS)).mean(0), 3.0, atol=0.1)
+    assert "standardised" in post.settings["warm_start"]["skipped"]  # not whitened on top of its fixed map
