@@ -22,8 +22,11 @@ estimate is
 It is unbiased for any ``xhat`` (``E[T_B] = T`` because ``f_B`` is unbiased
 for ``f`` at every point, and so are its derivatives), and its value and
 gradient are exact at ``xhat``; what is left to subsample is the remainder
-``f - T``, whose noise grows with the third derivatives and ``|x - xhat|^3``
-rather than with ``N``. A likelihood quadratic in ``x`` (a Gaussian mean,
+``f - T``, whose rows spread with their third derivatives times
+``|x - xhat|^3`` (the gradient's, ``|x - xhat|^2``). Over a posterior of
+width ``1 / sqrt(N)``, in its whitened coordinates, the plain estimator's
+gradient noise grows like ``sqrt(N / B)`` and the controlled one's shrinks
+like ``1 / sqrt(N B)``. A likelihood quadratic in ``x`` (a Gaussian mean,
 linear regression with known noise) has no remainder: the estimate is the
 full-data density.
 
@@ -44,13 +47,15 @@ step), the form of Baker et al.
 
 Why this form: it needs nothing but ``f_B`` (no per-row gradients, which
 NumPyro's potential energy does not expose), it makes the estimate exact at
-``xhat``, and the second-order term removes the noise that grows linearly in
-``x - xhat``, which dominates over a posterior's width (the first-order form
-leaves it, so its noise at one posterior sd from ``xhat`` is that of the plain
-estimator times roughly ``sd * sqrt(mean row Hessian^2) / sd(row gradient)``).
-The reference point is where the warm start's Gaussian is centred
-(`flowvi.warm_start`; for a near-Gaussian posterior, the mode of the full-data
-density after L-BFGS), so that ``x - xhat`` is of the order of a posterior sd.
+``xhat``, and the second-order term also removes the noise that grows linearly
+in ``x - xhat``, which dominates over a posterior's width. Measured on a
+logistic regression (N = 2000, B = 50, d = 3; tests/test_control_variates.py)
+at one posterior sd from ``xhat``: the gradient's variance over minibatches is
+7e-6 of the plain estimator's with the second-order expansion and 3e-3 with
+the first-order one (at three sds: 5e-4 and 3e-2). The reference point is
+where the warm start's Gaussian is centred (`flowvi.warm_start`; for a
+near-Gaussian posterior, the mode of the full-data density after L-BFGS), so
+that ``x - xhat`` is of the order of a posterior sd.
 """
 
 from __future__ import annotations
