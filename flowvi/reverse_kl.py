@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flowvi.control_variates import check_control_variates, choose_order, with_control_variates
 from flowvi.data_target import DataSpec
 from flowvi.escalation import fit_escalating
 from flowvi.flows import Flow, resolve_flow, whitened, with_final_affine, with_whitening
@@ -111,7 +112,7 @@ def _states(optimizer: optax.GradientTransformation, params, steps: jax.Array):
 
 FIT_OPTIONS = ("dim", "flow", "steps", "max_steps", "init", "num_samples", "learning_rate", "optimizer",
                "estimator", "patience", "progress", "num_runs", "key", "names", "max_bad_streak", "chunk_size",
-               "mesh", "subsample", "init_spread", "time_budget")
+               "mesh", "subsample", "control_variates", "init_spread", "time_budget")
 
 
 def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, flow: str | Flow | None = None,
@@ -120,7 +121,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         optimizer: optax.GradientTransformation | None = None, estimator: str = "reparam",
         patience: int | None = None, progress: bool | None = None, num_runs: int = 1,
         names: list[str] | None = None, max_bad_streak: int = 20, chunk_size: int = DEFAULT_CHUNK,
-        mesh: jax.sharding.Mesh | None = None, subsample: int | None = None, init_spread: float = 1.0,
+        mesh: jax.sharding.Mesh | None = None, subsample: int | None = None,
+        control_variates: bool | str = "auto", init_spread: float = 1.0,
         time_budget: float | None = None, **flow_hyperparameters) -> Posterior:
     """Fit a normalising flow to an unnormalised density by maximising the ELBO (reverse KL).
 
@@ -195,6 +197,17 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         subsample: evaluate each step's likelihood on a random minibatch of
             this many observations, scaled by N / B (unbiased; doubly-stochastic
             VI). Needs a target with a data axis (`flowvi.data_target`).
+        control_variates: with `subsample`, subtract from each step's
+            minibatch log density its Taylor expansion around the warm start's
+            centre and add back the full-data expansion, computed once
+            (`flowvi.control_variates`): still unbiased, and near the
+            posterior far less noisy. It costs one Hessian of the minibatch
+            per step (``dim`` passes over the B rows; first-order, one
+            gradient, above 200 coordinates) and the full-data expansion
+            once. ``"auto"`` (default): on when `subsample` is given and the
+            warm start found a Gaussian; True: required (an error when there
+            is no subsampling or no warm start); False: off.
+            ``post.settings["control_variates"]`` says what was used.
         time_budget: with ``flow="auto"``, seconds after which no further stage
             is started (None: no limit).
         **flow_hyperparameters: passed to the flow family, e.g. ``layers=4``.
@@ -242,7 +255,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             steps=steps, init=init, num_samples=num_samples, learning_rate=learning_rate, optimizer=optimizer,
             estimator=estimator, patience=patience, progress=progress, num_runs=num_runs,
             max_bad_streak=max_bad_streak, chunk_size=chunk_size, mesh=mesh, subsample=subsample,
-            init_spread=init_spread))
+            control_variates=control_variates, init_spread=init_spread))
     previous = _check_init(init, flow, flow_hyperparameters, num_runs, target.dim)
     flow = previous.flow if previous is not None else resolve_flow(flow, target.dim, flow_hyperparameters,
                                                                     FIT_OPTIONS)
@@ -274,6 +287,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     # NumPyro targets keep their own log density unless the data must be split or subsampled.
     if target.data is not None or mesh is not None or subsample is not None:
         spec = target.data_spec(subsample, 1 if mesh is None else mesh.size)
+    control_variates = check_control_variates(control_variates, subsample, None if spec is None else spec.num_data,
+                                              isinstance(init, str) and init == "auto")
     layout = make_layout(mesh, num_runs, num_samples, has_data=spec is not None)
     data = _place_data(spec, layout)
     if spec is None:
@@ -306,7 +321,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             flow = whitened(flow)
     else:
         whitening, warm = None, {"skipped": "init='standard'"}
-    config = _ReverseKLConfig(flow, target.log_density if spec is None else spec.log_density, optimizer,
+    log_density, data, controlled = _control_variates(control_variates, target, spec, subsample, layout, data,
+                                                      whitening, warm)
+    config = _ReverseKLConfig(flow, target.log_density if spec is None else log_density, optimizer,
                               num_samples, estimator, min(chunk_size, steps), max_bad_streak, layout,
                               support_penalty)
     if previous is None:
@@ -335,6 +352,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
                   "warm_start": warm, "num_samples": num_samples,
                   "estimator": estimator, "learning_rate": None if custom_optimizer else learning_rate,
                   "num_runs": num_runs, "patience": patience, "subsample": subsample,
+                  "control_variates": controlled,
                   "mesh": None if layout is None else f"{layout.size} devices split by {layout.mode}"})
 
 
@@ -365,6 +383,32 @@ def _warm_start(target: Target, key: jax.Array) -> tuple[dict | None, dict]:
     if found is None:
         return None, {"skipped": why}
     return found.whitening(), found.summary()
+
+
+def _control_variates(value, target: Target, spec: DataSpec | None, subsample: int | None, layout: Layout | None,
+                      data, whitening: dict | None, warm: dict):
+    """The fit's log density and data with the control variates when they apply, and what was used (a sentence).
+
+    The reference point is the warm start's centre; the full-data expansion
+    is computed on the placed (over a mesh, split) data.
+    """
+    if spec is None:
+        return None, data, "off (no subsampling)"
+    center = None if whitening is None else np.asarray(whitening["loc"])
+    why = "; ".join(str(v) for v in warm.values()) if center is None else ""
+    order, what = choose_order(value, subsample is not None and subsample < spec.num_data, center, why,
+                               target.dim)
+    if order is None:
+        return spec.log_density, data, what
+    full = target.data_spec(None, 1 if layout is None else layout.size)
+    center = jnp.asarray(center, jnp.result_type(float))
+    replicated = None if layout is None else layout.replicated()
+    if layout is not None:
+        center = put(center, replicated)
+    began = time.perf_counter()
+    log_density, data = with_control_variates(spec.log_density, full.log_density, data, center, order, replicated)
+    jax.block_until_ready(data[1])
+    return log_density, data, f"{what}; full-data expansion {time.perf_counter() - began:.2f} s"
 
 
 def _place_data(spec: DataSpec | None, layout: Layout | None):

@@ -110,6 +110,7 @@ def test_fit_one_model_file_of_each_kind(kind, tmp_path, capsys):
         assert post.flow.name == "gaussian"
     if kind == "data":
         assert post.settings["subsample"] == 16
+        assert "fit: control variates: second-order Taylor expansion" in out
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=[p.stem for p in MODEL_FILES])

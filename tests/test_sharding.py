@@ -25,6 +25,7 @@ import pytest
 import flowvi
 from flowvi import reverse_kl
 from flowvi.cli import main
+from flowvi.control_variates import with_control_variates
 from flowvi.schedules import default_optimizer
 from flowvi.sharding import make_layout, put
 from models.banana import log_density as banana
@@ -143,10 +144,43 @@ def check_sharded_numpyro_data_gives_the_same_log_density(mesh):
                                jax.vmap(target.log_density)(xs), rtol=1e-5)
 
 
+def check_control_variate_estimate_is_the_same_on_a_mesh(mesh):
+    # The full-data expansion is a sharded reduction over the split (and, at N = 1001, padded) rows; the
+    # controlled minibatch estimate with the same key matches the single-device one.
+    layout = make_layout(mesh, 1, 8, has_data=True)
+    xs = jax.random.normal(jax.random.key(0), (5, 2)) * 0.1 + 0.9
+    keys = jax.random.split(jax.random.key(1), 3)
+    rows = np.random.default_rng(2).normal(size=(1001, 2)).astype(np.float32)
+    logistic_keyword = flowvi.Target(
+        log_prior=lambda x: -0.5 * jnp.sum(x ** 2), data=(rows, (rows @ np.ones(2) > 0).astype(np.float32)),
+        log_likelihood=lambda x, r: r[1] * (r[0] @ x) - jnp.logaddexp(0.0, r[0] @ x), dim=2)
+    for target in (logistic_keyword, flowvi.Target.from_numpyro(logistic, *logistic_data(1000))):
+        center = jnp.array([0.8, 1.1])
+        results = []
+        for shards in (NUM_DEVICES, 1):
+            sub, full = target.data_spec(64, shards), target.data_spec(None, shards)
+            if shards == 1:
+                density, data = with_control_variates(sub.log_density, full.log_density, jax.device_put(sub.data),
+                                                      center, 2)
+            else:
+                density, data = with_control_variates(
+                    sub.log_density, full.log_density, reverse_kl._place_data(sub, layout),
+                    put(center, layout.replicated()), 2, layout.replicated())
+                assert jax.tree.leaves(data[0])[0].sharding.spec[0] == "batch"
+            each = jax.jit(jax.vmap(jax.value_and_grad(density), (0, None, None)))
+            results.append([each(xs, data, key) for key in keys])
+            results[-1].append(data[1])
+        for sharded, single in zip(*results, strict=True):
+            for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
 def check_sharded_data_fit_matches_single_device(mesh):
     kw = dict(flow="gaussian", steps=10, num_samples=8, key=jax.random.key(0))
     target = gaussian_mean_target(1001)
-    assert_same_fit(flowvi.fit(target, mesh=mesh, subsample=32, **kw), flowvi.fit(target, subsample=32, **kw))
+    sharded = flowvi.fit(target, mesh=mesh, subsample=32, **kw)
+    assert sharded.settings["control_variates"].startswith("second-order")  # on by default with subsample
+    assert_same_fit(sharded, flowvi.fit(target, subsample=32, **kw))
     numpyro_target = flowvi.Target.from_numpyro(logistic, *logistic_data(400))
     sharded = flowvi.fit(numpyro_target, mesh=mesh, subsample=40, **kw)
     assert_same_fit(sharded, flowvi.fit(numpyro_target, subsample=40, **kw))

@@ -557,6 +557,8 @@ def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathli
     if isinstance(warm, dict) and "elbo" in warm:
         print(f"fit: warm start from a Gaussian (Laplace along an L-BFGS path, {warm['iterations']} iterations, "
               f"ELBO {warm['elbo']:.5g}, {warm['seconds']:.1f} s)")
+    if post.settings.get("subsample") and isinstance(post.settings.get("control_variates"), str):
+        print(f"fit: control variates: {post.settings['control_variates']}")
     if int(np.sum(post.skipped_steps)):
         print(f"fit: {int(np.sum(post.skipped_steps))} step(s) skipped for non-finite loss or gradient")
     interrupted = any(reason.startswith("interrupted at") for reason in post.stop_reasons)
