@@ -158,8 +158,13 @@ def spread_starts(log_density: Callable, dim: int, key: jax.Array, num_runs: int
     """
     pool = np.asarray(spread * jax.random.normal(key, (POOL_PER_RUN * num_runs, dim)), np.float64)
     pool[0] = 0.0
-    ends, values = map(np.asarray, _ends(log_density, jnp.asarray(pool, jnp.result_type(float))))
-    ends = ends.astype(np.float64)
+    # One climb at a time through the program `gaussian_start` compiles anyway (a vmapped or mapped
+    # climb would be a second program to compile, which costs more than the climbs on small targets).
+    ends, values = np.zeros_like(pool), np.zeros(len(pool))
+    dtype = jnp.result_type(float)
+    for i, x0 in enumerate(pool):
+        path, trace, count = _climb(log_density, jnp.asarray(x0, dtype))
+        ends[i], values[i] = np.asarray(path[count]), float(trace[count])
     usable = np.isfinite(values) & np.all(np.isfinite(ends), axis=1)
     usable[0] = True
     chosen = [0]
@@ -171,15 +176,6 @@ def spread_starts(log_density: Callable, dim: int, key: jax.Array, num_runs: int
         chosen.append(pick)
         nearest = np.minimum(nearest, np.linalg.norm(ends - ends[pick], axis=1))
     return pool[chosen], ends[chosen]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _ends(log_density: Callable, starts: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Where L-BFGS climbs from ``starts: (k, dim)`` end, ``(k, dim)``, and the log density there ``(k,)``."""
-    def one(x0):
-        path, values, count = _climb(log_density, x0)
-        return path[count], values[count]
-    return jax.lax.map(one, starts)
 
 
 @functools.partial(jax.jit, static_argnums=0)
