@@ -385,7 +385,10 @@ class Posterior:
     def diagnose(self, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 100):
         """How good the fit is: ELBO, log Z estimate, Pareto k-hat, importance ESS, R-hat across runs.
 
-        See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run.
+        See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run. With several
+        runs it also reports which runs found which mode (``d.modes``); a
+        `mixture` is diagnosed as one distribution (``num_runs * num_draws`` of
+        its draws, weighted against its density).
 
         Args:
             key: one PRNG key.
