@@ -635,7 +635,8 @@ def _mode_notes(modes: ModeCoverage, mixture: bool, disagree: bool) -> list[str]
     which = modes.describe()
     if mixture:
         if n == 1:
-            return [f"All {len(modes.run_weights)} runs found the same mode."]
+            return [f"The draws of the {len(modes.run_weights)} runs overlap (one group of runs: one mode, or "
+                    "modes that the runs each span)."]
         if covered:
             return [f"Found {n} separated modes; the mixture covers them ({which})."]
         return [f"The runs disagree: they found {n} separated modes ({which}), and the mixture still misses "

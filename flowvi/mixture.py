@@ -52,7 +52,9 @@ one mode when ``BC > OVERLAP`` = ``exp(-1/2)``: for two Gaussians of equal
 covariance ``BC = exp(-delta^2 / 8)`` with ``delta`` the Mahalanobis distance
 of their means, so the rule joins them exactly when ``delta < 2``, when their
 equal mixture is unimodal. Modes are the connected components of that
-relation; a mode's weight is the sum of its runs' weights.
+relation; a mode's weight is the sum of its runs' weights. A "mode" is thus a
+group of runs: a run spread over two of the target's modes joins the runs on
+either, so the count can be below the target's while the mixture covers all.
 """
 
 from __future__ import annotations
