@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi._version import __version__
-from flowvi.diagnostics import Diagnostics, _analyse, arviz_major, importance_draws
+from flowvi.diagnostics import Diagnostics, _analyse, arviz_major, mixture_importance_draws, mode_coverage
 from flowvi.validation import as_key, check_positive_int
 
 
@@ -35,6 +35,9 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
 
     The draws are those of ``post.diagnose(key, num_draws)`` (the same key and
     number give the same draws), and the attributes hold their diagnostics.
+    A mixture (`flowvi.Posterior.mixture`) is one distribution, not a set of
+    chains: its ``num_runs * num_draws`` draws are one chain, the run that drew
+    each is ``sample_stats["run"]``, and the attribute ``mixture_weights`` holds the weights.
 
     Args:
         post: a `flowvi.Posterior`.
@@ -84,7 +87,7 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         raise ValueError(f"diagnostics must be the Diagnostics that post.diagnose(key, num_draws) returned, "
                          f"got {type(diagnostics).__name__}.")
     target = post.target
-    runs = post.num_runs
+    mixed = bool(getattr(post, "is_mixture", False))
     if posterior_predictive and (target is None or not target.observed_data()):
         raise ValueError("posterior_predictive=True needs a NumPyro model target (flowvi.Target.from_numpyro) "
                          "with observed sites: a plain log density has no observed sites to predict.")
@@ -96,22 +99,31 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         if resample:
             raise ValueError("resample=True needs the target's log density, and this Posterior has none "
                              "(a fit_samples fit, or flowvi.load without target=).")
-        x, log_q = post.sample_runs(draw_key, num_draws)
+        if mixed:
+            x, log_q, run = post.sample_mixture(draw_key, post.num_runs * num_draws)
+            x, log_q, run = x[None], log_q[None], np.asarray(run)[None]
+        else:
+            (x, log_q), run = post.sample_runs(draw_key, num_draws), None
         x, log_q = np.asarray(x, dtype=np.float64), np.asarray(log_q, dtype=np.float64)
-        stats = {"log_q": log_q}
+        stats = {"log_q": log_q} if run is None else {"log_q": log_q, "run": run}
     else:
-        x, log_p, log_q = importance_draws(post, draw_key, num_draws)
+        x, log_p, log_q, run = mixture_importance_draws(post, draw_key, num_draws)
+        modes = mode_coverage(post, draw_key, x, log_p)
         diag, smoothed = _analyse(x, log_p, log_q, names=target.names, iw_k=None, stop_reasons=post.stop_reasons,
-                                  labels=target.labels, unconstrained=target.site_shapes is not None)
+                                  labels=target.labels, unconstrained=target.site_shapes is not None, modes=modes,
+                                  mixture_of=post.num_runs if mixed else None)
         if diagnostics is not None:
             _check_same_draws(diagnostics, diag)
             diag = diagnostics
         stats = {"log_p": log_p, "log_q": log_q, "log_weight": log_p - log_q, "log_weight_psis": smoothed}
+        if run is not None:
+            stats["run"] = run
         if resample:
             idx = _systematic_resample(resample_key, smoothed)
             x = np.take_along_axis(x, idx[..., None], axis=1)
             stats = {k: np.take_along_axis(v, idx, axis=1) for k, v in stats.items()}
             resample_ess = _resample_ess(smoothed)
+    runs, num_draws = x.shape[:2]
 
     names = target.names if target is not None else [f"x[{i}]" for i in range(post.dim)]
     variables = target.constrain(jnp.asarray(x.reshape(-1, post.dim))) \
@@ -134,6 +146,8 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         groups.update(_observation_groups(target, posterior, predict_key, log_likelihood, posterior_predictive))
 
     attrs = _attrs(post, diag, num_draws, resample)
+    if mixed:
+        attrs["mixture_weights"] = [float(w) for w in post.run_weights]
     if resample:
         attrs["resample_ess"] = resample_ess
     import arviz

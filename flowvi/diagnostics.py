@@ -44,6 +44,21 @@ run, the pooled log Z estimate is the log of the average of the runs' own
 estimates of Z, and the ELBO the average of their ELBOs; both stay valid
 (unbiased for Z, a lower bound for log Z) when runs differ, and per-run values
 are reported too.
+
+Mode coverage (several runs): from `MODE_DRAWS` draws of each run and every
+run's density at them, which runs found one mode (their Bhattacharyya overlap
+is above `flowvi.mixture.OVERLAP`) and the stacking weight of each mode
+(`flowvi.mixture`). Runs split over several modes make independent runs
+"unreliable" ("the runs disagree: they found N separated modes ...", with
+whether the runs' mixture covers the target); `Posterior.mixture` combines them.
+
+A mixture (`Posterior.mixture`): the draws are the mixture's own
+(``num_runs * num_draws`` of them, stratified over the runs by weight) and each
+is weighted against the mixture density, ``w = p~(x) / sum_r w_r q_r(x)``, so
+every number describes the mixture as one distribution (no R-hat: it is not a
+set of chains); the verdict says "found N separated modes; the mixture covers
+them" when it has several modes and k-hat is at most 0.7, and "the runs
+disagree" when it misses mass.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ import jax
 import numpy as np
 from scipy.special import logsumexp
 
+from flowvi.mixture import ModeCoverage, coverage
 from flowvi.validation import as_key, check_optional_positive_int, check_positive_int
 
 K_GOOD = 0.5
@@ -77,6 +93,11 @@ RAW_BIAS_TOL = 0.25
 differs from the PSIS sd by more than a factor ``1 + RAW_BIAS_TOL`` (beyond 4 Monte Carlo
 standard errors). A flow within it is at most a quarter sd off: about what k-hat < 0.5 lets
 through for a too-narrow Gaussian in one coordinate (k = 1 - r^2 < 0.5 for an sd ratio r > 0.71)."""
+MODE_DRAWS = 256
+"""Draws per run for the mode-coverage check: ``runs^2 * MODE_DRAWS`` flow densities. Each
+Bhattacharyya overlap then has a standard error below ``1 / sqrt(256) = 0.0625`` (see `flowvi.mixture`)."""
+_MODE_STREAM = 0x4D4F4445
+"""fold_in constant of the key of a mixture's per-run draws for the mode check."""
 _MC_ALLOWANCE = 4.0
 """Monte Carlo standard errors allowed on top of `RAW_BIAS_TOL` before raw draws count as biased."""
 
@@ -192,6 +213,11 @@ class Diagnostics:
             a NumPyro target's say which are unconstrained, e.g. ``log(tau)``).
         unconstrained: True when the coordinates are the flat, unconstrained
             ones of a target with named sites (the table's header says so).
+        modes: with several runs, the `flowvi.mixture.ModeCoverage`: which runs
+            found which mode, the weight of each mode, and whether the runs'
+            mixture covers the target; None for one run.
+        mixture_of: the number of runs of a mixture (`Posterior.mixture`),
+            whose draws were diagnosed as one distribution; None otherwise.
     """
 
     elbo: float
@@ -223,6 +249,13 @@ class Diagnostics:
     stop_reasons: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None
     unconstrained: bool = False
+    modes: ModeCoverage | None = None
+    mixture_of: int | None = None
+
+    @property
+    def num_modes(self) -> int | None:
+        """Number of separated modes the runs found (None for one run)."""
+        return None if self.modes is None else self.modes.num_modes
 
     @property
     def reliable(self) -> bool:
@@ -232,6 +265,8 @@ class Diagnostics:
     def __str__(self) -> str:
         runs = f"{self.num_runs} runs x {self.num_draws} draws, pooled" if self.num_runs > 1 \
             else f"{self.num_draws} draws"
+        if self.mixture_of is not None:
+            runs = f"mixture of {self.mixture_of} runs, {self.num_draws} draws"
         total = self.num_runs * self.num_draws
         rows = [
             ("ELBO", f"{self.elbo:.4f} ± {self.elbo_se:.4f}"),
@@ -245,6 +280,8 @@ class Diagnostics:
                  ("zero weights (log p = -inf)", f"{self.num_zero_weights} of {total}")]
         if self.rhat is not None:
             rows.append(("max R-hat across runs", f"{np.nanmax(self.rhat):.3f}"))
+        if self.modes is not None:
+            rows.append(("separated modes found", f"{self.modes.num_modes}"))
         width = max(len(r[0]) for r in rows)
         lines = [f"flowvi diagnostics ({runs})"]
         lines += [f"  {name:<{width}}  {value}" for name, value in rows]
@@ -273,6 +310,14 @@ class Diagnostics:
             lines += _table(["run", "ELBO", "log Z", "k-hat"],
                             [[str(r), f"{self.elbo_runs[r]:.4f}", f"{self.log_z_runs[r]:.4f}",
                               f"{self.k_hat_runs[r]:.3f}"] for r in range(self.num_runs)])
+        if self.modes is not None:
+            m = self.modes
+            mode_of = {r: i for i, g in enumerate(m.groups) for r in g}
+            lines += ["", f"  modes (runs overlapping by Bhattacharyya coefficient > {_overlap_min():.2f}, "
+                          f"{m.num_draws} draws per run; weights: {m.weights_from})"]
+            lines += _table(["run", "mode", "weight", "mode weight"],
+                            [[str(r), str(mode_of[r]), f"{m.run_weights[r]:.3f}",
+                              f"{m.mode_weights[mode_of[r]]:.3f}"] for r in range(len(m.run_weights))])
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -282,6 +327,11 @@ class Diagnostics:
 
 
 _MAX_ROWS = 20
+
+
+def _overlap_min() -> float:
+    from flowvi.mixture import OVERLAP
+    return OVERLAP
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -315,14 +365,57 @@ def importance_draws(post, key: jax.Array, num_draws: int) -> tuple[np.ndarray, 
         (unnormalised target) and ``log_q: (num_runs, num_draws)`` (each
         draw's own run), as float64 numpy arrays.
     """
+    return mixture_importance_draws(post, key, num_draws)[:3]
+
+
+def mixture_importance_draws(post, key: jax.Array, num_draws: int
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """`importance_draws` plus the run of each draw of a mixture.
+
+    For a mixture (`Posterior.mixture`) the draws are ``num_runs * num_draws``
+    draws of the mixture as one set, ``x: (1, num_runs * num_draws, dim)``, with
+    its density ``log_q`` and ``run: (1, num_runs * num_draws)``; otherwise each
+    run's own draws and ``run`` None.
+    """
     if post.target is None:
         raise ValueError("diagnostics need the target's log density, and this Posterior has none "
                          "(a fit_samples fit, or flowvi.load without target=); load it with its target.")
     num_draws = check_positive_int("num_draws", num_draws)
-    x, log_q = post.sample_runs(as_key(key), num_draws)
+    run = None
+    if getattr(post, "is_mixture", False):
+        x, log_q, run = post.sample_mixture(as_key(key), post.num_runs * num_draws)
+        x, log_q, run = x[None], log_q[None], np.asarray(run)[None]
+    else:
+        x, log_q = post.sample_runs(as_key(key), num_draws)
     log_p = _log_density_batch(post.target.log_density, x)
     return (np.asarray(x, dtype=np.float64), np.asarray(log_p, dtype=np.float64),
-            np.asarray(log_q, dtype=np.float64))
+            np.asarray(log_q, dtype=np.float64), run)
+
+
+def mode_coverage(post, key: jax.Array, x: np.ndarray, log_p: np.ndarray) -> ModeCoverage | None:
+    """Which runs of `post` found which mode (see `flowvi.mixture.coverage`); None for one run.
+
+    Independent runs use the first `MODE_DRAWS` of their draws ``x: (runs, n, dim)``
+    (with ``log_p: (runs, n)``) and estimate stacking weights; a mixture draws
+    `MODE_DRAWS` per run afresh (``fold_in(key, ...)``) and keeps its own weights.
+    None also when the draws are not fit for it (NaN target values or non-finite
+    flow densities, which `diagnose` reports itself).
+    """
+    if post.num_runs < 2:
+        return None
+    if getattr(post, "is_mixture", False):
+        _, log_p, cross = post.cross_draws(jax.random.fold_in(key, _MODE_STREAM), MODE_DRAWS)
+        weights = post.run_weights
+    else:
+        m = min(x.shape[1], MODE_DRAWS)
+        log_p = log_p[:, :m]
+        cross = np.stack([np.asarray(post.log_prob_runs(x[r, :m]), np.float64) for r in range(post.num_runs)],
+                         axis=1)
+        weights = None
+    own = cross[np.arange(post.num_runs), np.arange(post.num_runs)]
+    if np.isnan(log_p).any() or not np.all(np.isfinite(own)) or not np.any(np.isfinite(log_p)):
+        return None
+    return coverage(log_p, cross, run_weights=weights, k_hat=None if weights is None else float("nan"))
 
 
 def diagnose(post, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 100) -> Diagnostics:
@@ -330,8 +423,11 @@ def diagnose(post, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 
 
     With several runs the draws are pooled and each is weighted with its own
     run's density (see the module docstring); R-hat and ESS across runs are
-    computed on the flat coordinates. How the fit stopped
-    (``post.stop_reasons``) goes into the verdict: a fit that halted is never "good".
+    computed on the flat coordinates, and `mode_coverage` says which runs
+    found which mode. A mixture (`flowvi.Posterior.mixture`) is diagnosed as one
+    distribution: ``num_runs * num_draws`` of its draws, weighted against its
+    density. How the fit stopped (``post.stop_reasons``) goes into the
+    verdict: a fit that halted is never "good".
 
     Args:
         post: a `flowvi.Posterior` fitted with `flowvi.fit` (it needs the target).
@@ -355,14 +451,18 @@ def diagnose(post, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 
         >>> d.verdict.split(":")[0]
         'good'
     """
+    key = as_key(key)
     x, log_p, log_q = importance_draws(post, key, num_draws)
+    modes = mode_coverage(post, key, x, log_p)
     target = post.target
-    return from_draws(x, log_p, log_q, names=target.names, iw_k=iw_k, stop_reasons=post.stop_reasons,
-                      labels=target.labels, unconstrained=target.site_shapes is not None)
+    return _analyse(x, log_p, log_q, names=target.names, iw_k=iw_k, stop_reasons=post.stop_reasons,
+                    labels=target.labels, unconstrained=target.site_shapes is not None, modes=modes,
+                    mixture_of=post.num_runs if getattr(post, "is_mixture", False) else None)[0]
 
 
 def from_draws(x: np.ndarray, log_p: np.ndarray, log_q: np.ndarray, *, names=None,
-               iw_k: int | None = 100, stop_reasons=None, labels=None, unconstrained: bool = False) -> Diagnostics:
+               iw_k: int | None = 100, stop_reasons=None, labels=None, unconstrained: bool = False,
+               cross_log_q: np.ndarray | None = None) -> Diagnostics:
     """`Diagnostics` from draws already made.
 
     Args:
@@ -377,16 +477,23 @@ def from_draws(x: np.ndarray, log_p: np.ndarray, log_q: np.ndarray, *, names=Non
             `names`), e.g. ``log(tau)`` for an unconstrained coordinate.
         unconstrained: the coordinates are the flat, unconstrained ones of a
             target with named sites (the printed table says so).
+        cross_log_q: ``(runs, runs, n)`` with ``[s, r, i] = log q_s(x[r, i])``,
+            every run's log density at every run's draws: adds the mode
+            coverage (`flowvi.mixture.coverage`, stacking weights estimated).
 
     Returns:
         `Diagnostics`.
     """
+    modes = None
+    if cross_log_q is not None:
+        modes = coverage(np.asarray(log_p, np.float64), np.asarray(cross_log_q, np.float64))
     return _analyse(x, log_p, log_q, names=names, iw_k=iw_k, stop_reasons=stop_reasons, labels=labels,
-                    unconstrained=unconstrained)[0]
+                    unconstrained=unconstrained, modes=modes)[0]
 
 
 def _analyse(x, log_p, log_q, *, names=None, iw_k=100, stop_reasons=None, labels=None,
-             unconstrained=False) -> tuple[Diagnostics, np.ndarray]:
+             unconstrained=False, modes: ModeCoverage | None = None,
+             mixture_of: int | None = None) -> tuple[Diagnostics, np.ndarray]:
     """`Diagnostics` plus the pooled PSIS-smoothed log weights, shaped ``(runs, n)``."""
     x = np.asarray(x, dtype=np.float64)
     log_p = np.asarray(log_p, dtype=np.float64)
@@ -452,9 +559,11 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100, stop_reasons=None, labels
     rhat = ess_runs = None
     if runs > 1:
         rhat, ess_runs = across_runs(x)
+    if modes is not None and mixture_of is not None:
+        modes = dataclasses.replace(modes, k_hat=float(k_hat))
     verdict = judge(k_hat, rhat=rhat, elbo_runs=elbo_runs, elbo_se_runs=elbo_se_runs, names=labels,
                     stop_reasons=stop_reasons, num_zero_weights=num_zero, num_nonfinite_weights=num_nonfinite,
-                    num_weights=runs * n, raw_biased=raw_biased)
+                    num_weights=runs * n, raw_biased=raw_biased, modes=modes, mixture=mixture_of is not None)
     diag = Diagnostics(
         elbo=elbo, elbo_se=elbo_se, log_z=log_z, log_z_se=log_z_se, iw_bound=iw_bound,
         iw_bound_se=iw_bound_se, iw_k=iw_k, k_hat=k_hat, ess=ess, ess_fraction=ess / (runs * n),
@@ -462,7 +571,8 @@ def _analyse(x, log_p, log_q, *, names=None, iw_k=100, stop_reasons=None, labels
         num_draws=n, num_runs=runs, names=names, elbo_runs=elbo_runs, log_z_runs=log_z_runs,
         k_hat_runs=np.asarray(k_hat_runs, dtype=np.float64), num_nonfinite_weights=num_nonfinite,
         num_zero_weights=num_zero, raw_mean=raw_mean, raw_sd=raw_sd, raw_biased=raw_biased,
-        stop_reasons=stop_reasons, labels=labels, unconstrained=bool(unconstrained))
+        stop_reasons=stop_reasons, labels=labels, unconstrained=bool(unconstrained), modes=modes,
+        mixture_of=mixture_of)
     return diag, smoothed.reshape(runs, n)
 
 
@@ -518,6 +628,31 @@ def _stratified_se(values: np.ndarray) -> float:
 _LEVELS = ("good", "usable with care", "unreliable")
 
 
+def _mode_notes(modes: ModeCoverage, mixture: bool, disagree: bool) -> list[str]:
+    """What the verdict says about the modes the runs found."""
+    n, k = modes.num_modes, modes.k_hat
+    covered = not np.isnan(k) and k <= K_UNRELIABLE
+    which = modes.describe()
+    if mixture:
+        if n == 1:
+            return [f"The draws of the {len(modes.run_weights)} runs overlap (one group of runs: one mode, or "
+                    "modes that the runs each span)."]
+        if covered:
+            return [f"Found {n} separated modes; the mixture covers them ({which})."]
+        return [f"The runs disagree: they found {n} separated modes ({which}), and the mixture still misses "
+                f"mass the target has (Pareto k-hat {k:.2f} > {K_UNRELIABLE}): fit more runs, with a wider "
+                "init_spread, or a more flexible flow."]
+    if n == 1:
+        return []
+    lead = "They" if disagree else "The runs disagree: they"
+    if covered:
+        return [f"{lead} found {n} separated modes ({which}; stacking weights), and the mixture of the runs "
+                f"covers them (Pareto k-hat {k:.2f} against it): post.mixture(key) makes them one posterior."]
+    return [f"{lead} found {n} separated modes ({which}; stacking weights), and even together the runs miss "
+            f"mass the target has (Pareto k-hat {k:.2f} of their mixture > {K_UNRELIABLE}): fit more runs, with "
+            "a wider init_spread, or a more flexible flow."]
+
+
 def _worse(level: str, cap: str) -> str:
     return max(level, cap, key=_LEVELS.index)
 
@@ -556,7 +691,7 @@ def _runs(indices: list[int], num_runs: int) -> str:
 def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray | None = None,
           elbo_se_runs: np.ndarray | None = None, names=None, stop_reasons=None, num_zero_weights: int = 0,
           num_nonfinite_weights: int = 0, num_weights: int | None = None,
-          raw_biased: np.ndarray | None = None) -> str:
+          raw_biased: np.ndarray | None = None, modes: ModeCoverage | None = None, mixture: bool = False) -> str:
     """The verdict in words, from k-hat (Yao et al. 2018 thresholds) and what else is known of the fit.
 
     k-hat sets the level: < 0.5 "good", 0.5-0.7 "usable with care", > 0.7 or
@@ -570,6 +705,13 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
       only judged when k-hat <= 0.7, since otherwise the PSIS estimates are no
       reference).
 
+    With `modes` (several runs): independent runs that found more than one mode
+    are "unreliable" ("the runs disagree: they found N separated modes", and
+    whether their mixture covers the target, i.e. its k-hat is at most 0.7); a
+    `mixture` that found several modes says "found N separated modes; the
+    mixture covers them" when its own k-hat is at most 0.7, and "the runs
+    disagree" otherwise.
+
     Args:
         k_hat: Pareto k-hat of the importance weights.
         rhat: ``(dim,)`` R-hat across runs, or None.
@@ -582,18 +724,21 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
         num_weights: all draws (needed for the zero-weight share; default:
             the zero weights are not judged).
         raw_biased: ``(dim,)`` bool from `raw_bias`, or None.
+        modes: the runs' `flowvi.mixture.ModeCoverage`, or None.
+        mixture: the draws are a mixture's (`flowvi.Posterior.mixture`), weighted against its density.
 
     Returns:
         A sentence or several; the first word(s) are "good", "usable with care" or "unreliable".
     """
     disagree = rhat is not None and np.nanmax(rhat) > RHAT_MAX
+    split = modes is not None and modes.num_modes > 1 and not mixture
     halted, interrupted = fit_stopped_early(stop_reasons)
     num_runs = len(stop_reasons) if stop_reasons is not None else (len(elbo_runs) if elbo_runs is not None else 1)
     zero_share = num_zero_weights / num_weights if num_weights else 0.0
     material_zeros = zero_share > ZERO_WEIGHT_SHARE
     # Good weights only say that each run fits what it covers (runs that disagree), and say
     # nothing of a fit that failed or of the mass on impossible points.
-    trust = ("" if disagree or halted or num_nonfinite_weights or material_zeros else
+    trust = ("" if disagree or split or halted or num_nonfinite_weights or material_zeros else
              "; the ELBO, the log Z estimate and importance-weighted estimates are reliable")
     k_judged = not (np.isnan(k_hat) or k_hat > K_UNRELIABLE)
     if np.isnan(k_hat) or k_hat == np.inf:
@@ -663,6 +808,10 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
         notes.append(f"The runs disagree (R-hat {rhat[worst]:.2f} > {RHAT_MAX} for {name}): they landed in "
                      "different modes or some failed, so each run misses part of the target, and "
                      "k-hat cannot see a mode that no run found.")
+    if modes is not None:
+        notes += _mode_notes(modes, mixture, disagree)
+        if split:
+            level = "unreliable"
     if elbo_runs is not None and len(elbo_runs) > 1 and np.isfinite(elbo_runs).any():
         best = np.nanmax(elbo_runs)
         se = np.zeros_like(elbo_runs) if elbo_se_runs is None else np.nan_to_num(elbo_se_runs, nan=np.inf)
@@ -676,6 +825,6 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
     return f"{level}: {' '.join([text, *notes])}"
 
 
-__all__ = ["RAW_BIAS_TOL", "ZERO_WEIGHT_SHARE", "Diagnostics", "K_GOOD", "K_UNRELIABLE", "RHAT_MAX",
-           "across_runs", "diagnose", "fit_stopped_early", "from_draws", "importance_draws", "judge", "psis",
-           "raw_bias"]
+__all__ = ["MODE_DRAWS", "RAW_BIAS_TOL", "ZERO_WEIGHT_SHARE", "Diagnostics", "K_GOOD", "K_UNRELIABLE", "RHAT_MAX",
+           "across_runs", "diagnose", "fit_stopped_early", "from_draws", "importance_draws", "judge",
+           "mixture_importance_draws", "mode_coverage", "psis", "raw_bias"]

@@ -30,7 +30,12 @@ from flowvi.flows import FAMILIES, Flow, make_flow
 from flowvi.target import Target, as_target
 
 FORMAT = "flowvi"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this flowvi reads. Version 2 adds the weights of a mixture of runs
+(`flowvi.Posterior.mixture`) and is written only for mixtures, so every other fit stays a
+version-1 file that earlier flowvi versions read; they refuse a mixture rather than load it
+as the equal-weight runs."""
+_PLAIN_VERSION = 1
 FINGERPRINT_POINTS = 4
 """Points at which a saved fit records its target's log density."""
 _FINGERPRINT_KEY = 0
@@ -93,6 +98,9 @@ def _jsonable(value: Any) -> Any:
 def save(post: Any, path: str | os.PathLike) -> None:
     """Write `post` to `path`: flow family, hyperparameters, parameters, loss trace, stop reasons.
 
+    A mixture (`flowvi.Posterior.mixture`) also stores its weights (format version 2);
+    a file without them loads as independent runs with equal weights.
+
     The file is replaced atomically (see `atomic_write`). With a target it also
     holds the target's fingerprint (see the module docstring).
 
@@ -109,8 +117,10 @@ def save(post: Any, path: str | os.PathLike) -> None:
         raise ValueError(f"cannot save this fit: {bad} of its {sum(leaf.size for leaf in leaves)} parameter "
                          f"values are NaN or infinite (the fit diverged; see post.stop_reasons: "
                          f"{post.stop_reason}).")
+    weights = getattr(post, "mixture_weights", None)
     meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "flowvi_version": __version__,
+        "format": FORMAT, "format_version": _PLAIN_VERSION if weights is None else FORMAT_VERSION,
+        "flowvi_version": __version__,
         "flow": {"name": post.flow.name, "dim": post.flow.dim,
                  "hyperparameters": {k: _jsonable(v) for k, v in post.flow.hyperparameters}},
         "num_leaves": len(leaves),
@@ -123,6 +133,8 @@ def save(post: Any, path: str | os.PathLike) -> None:
                   skipped_steps=np.asarray(post.skipped_steps))
     if post.validation_losses is not None:
         arrays["validation_losses"] = np.asarray(post.validation_losses)
+    if weights is not None:
+        arrays["mixture_weights"] = np.asarray(weights, dtype=np.float64)
     if post.target is not None:
         fingerprint = _fingerprint(post)
         if fingerprint is not None:
@@ -309,12 +321,18 @@ def read(path: str | os.PathLike, target: Target | Any = None) -> dict[str, Any]
     skipped = _array(path, arrays, "skipped_steps", "iu", (runs,))
     losses = _array(path, arrays, "losses", "f")
     validation = arrays.get("validation_losses")
+    weights = None
+    if "mixture_weights" in arrays:
+        weights = _array(path, arrays, "mixture_weights", "f", (runs,)).astype(np.float64)
+        if not (np.all(np.isfinite(weights)) and np.all(weights >= 0) and abs(weights.sum() - 1.0) < 1e-6):
+            raise _damaged(path, f"its mixture weights {_short(weights)} are not non-negative numbers summing to 1")
     if target is not None:
         _check_target(str(path), meta, arrays, target)
     return dict(
         flow=flow, params=jax.tree.unflatten(treedef, leaves), target=target, losses=losses,
         stop_reasons=list(stop_reasons), steps_run=steps_run, skipped_steps=skipped,
-        fit_seconds=float(fit_seconds), settings=dict(settings), validation_losses=validation)
+        fit_seconds=float(fit_seconds), settings=dict(settings), validation_losses=validation,
+        mixture_weights=weights)
 
 
 # Parameters whose meaning changed while their shapes did not: (family, hyperparameter set True) -> the first

@@ -351,6 +351,9 @@ def neutra(post, key: jax.Array, num_warmup: int = 500, num_samples: int = 1000,
     from numpyro.infer import MCMC, NUTS
 
     _check_posterior(post)
+    if getattr(post, "is_mixture", False):
+        # NeuTra runs in one flow's base space: a mixture's runs are chosen from as independent runs.
+        post = dataclasses.replace(post, mixture_weights=None)
     key = as_key(key)
     num_warmup = _check_nonnegative_int("num_warmup", num_warmup)
     num_samples = check_positive_int("num_samples", num_samples)

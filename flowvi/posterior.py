@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi import diagnostics, io
+from flowvi import diagnostics, io, mixture
 from flowvi.flows import Flow
 from flowvi.objectives import base_draws, push_forward
 from flowvi.target import Target
@@ -50,7 +50,8 @@ def _log_prob_runs(flow: Flow, params, x: jax.Array) -> jax.Array:
 class Posterior:
     """A fitted flow.
 
-    With ``num_runs > 1`` the posterior is the equal-weight mixture of the runs;
+    With ``num_runs > 1`` the posterior is the mixture of the runs: equal
+    weights, or the stacking weights of `mixture` (``mixture_weights``);
     `run` selects one.
 
     Attributes:
@@ -66,6 +67,10 @@ class Posterior:
         fit_seconds: wall time of the fit, compilation included.
         settings: the options the fit used.
         validation_losses: per-epoch held-out NLL (`fit_samples` only).
+        mixture_weights: ``(num_runs,)`` weights of the runs, summing to 1, set by
+            `mixture`; None (the default, and what files saved before 0.5 load
+            with): independent runs, pooled with equal weights, and diagnosed run
+            by run. See `mixture` for what a mixture changes.
     """
 
     flow: Flow
@@ -78,6 +83,7 @@ class Posterior:
     fit_seconds: float
     settings: dict
     validation_losses: np.ndarray | None = None
+    mixture_weights: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -88,6 +94,18 @@ class Posterior:
     def num_runs(self) -> int:
         """Number of independent runs held."""
         return int(jax.tree.leaves(self.params)[0].shape[0])
+
+    @property
+    def is_mixture(self) -> bool:
+        """True for a posterior made by `mixture` (weighted runs, diagnosed as one distribution)."""
+        return self.mixture_weights is not None
+
+    @property
+    def run_weights(self) -> np.ndarray:
+        """``(num_runs,)`` the weight of each run in the density: `mixture_weights`, or equal weights."""
+        if self.mixture_weights is None:
+            return np.full(self.num_runs, 1.0 / self.num_runs)
+        return np.asarray(self.mixture_weights, dtype=np.float64)
 
     @property
     def stop_reason(self) -> str:
@@ -108,7 +126,107 @@ class Posterior:
         return dataclasses.replace(
             self, params=jax.tree.map(lambda a: a[i:i + 1], self.params), losses=losses,
             stop_reasons=[self.stop_reasons[i]], steps_run=self.steps_run[i:i + 1],
-            skipped_steps=self.skipped_steps[i:i + 1])
+            skipped_steps=self.skipped_steps[i:i + 1], mixture_weights=None)
+
+    def mixture(self, key: jax.Array, num_draws: int = 1000, *, weights=None) -> Posterior:
+        """The runs as one posterior with density ``q(x) = sum_r w_r q_r(x)``, ``w`` the stacking weights.
+
+        Runs of a multimodal target land on different modes (reverse KL is
+        mode-seeking); the mixture puts them together, each run weighted by the
+        share of the target's mass it explains, so that runs on the same mode
+        share that mode's weight rather than count it twice. The weights are
+        chosen on the simplex to maximise the importance-sampling estimate of
+        the log score ``E_p[log sum_r w_r q_r(x)]`` (minimise ``KL(p || q_w)``;
+        stacking, Yao, Vehtari and Gelman 2022), from ``num_draws`` draws of every
+        run, each weighted ``p~(x) / qbar(x)`` against the equal-weight mixture
+        ``qbar`` of all the runs:
+
+            w  = argmax_w  sum_{r,i} omegat_ri log sum_s w_s q_s(x_ri),
+            omegat_ri ~ p~(x_ri) / ((1/R) sum_s q_s(x_ri))   (PSIS-smoothed, normalised),
+
+        solved by its EM fixed point ``w_s <- sum_ri omegat_ri w_s q_s(x_ri) / q_w(x_ri)``
+        from equal weights (`flowvi.mixture`, where the choice is argued).
+
+        The result is a `Posterior` whose `mixture_weights` are ``w``; it keeps
+        the runs (`run` still gives each), and
+        ``settings["mixture"]`` records the estimate (draws, Pareto k-hat of the
+        weights against ``qbar``, EM iterations). On it:
+
+        - `log_prob` is ``logsumexp_r(log w_r + log q_r(x))``, exact; it needs
+          every run's density at ``x``, which for ``iaf`` (``dim`` passes) and
+          ``bnaf`` (root finding to float precision) is an inverse pass per run;
+        - `sample` / `sample_and_log_prob` draw stratified over runs: run ``r``
+          gives ``floor(N c_r + u) - floor(N c_{r-1} + u)`` of ``N`` draws (``c``
+          the cumulative weights, ``u`` uniform from the key; within one of
+          ``N w_r``), in a random order; the density is the mixture's;
+        - `diagnose` weights mixture draws against the mixture density and
+          reports the modes the runs found (`flowvi.diagnostics.diagnose`);
+        - `to_arviz` exports mixture draws as one chain, with the run of each
+          draw in ``sample_stats["run"]``;
+        - `save` / `flowvi.load` keep the weights.
+
+        Args:
+            key: one PRNG key (`jax.random.key`): the draws the weights are estimated from.
+            num_draws: positive int, draws per run for the estimate.
+            weights: ``(num_runs,)`` non-negative weights to use instead of estimating
+                them (normalised to sum 1); needs no target.
+
+        Returns:
+            A new `Posterior`; this one is unchanged.
+
+        Raises:
+            ValueError: a posterior with one run; no target (and no `weights`);
+                `weights` of the wrong shape, negative, non-finite or all zero;
+                the target's log density NaN at some draws; no draw with a positive weight.
+        """
+        key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
+        if self.num_runs < 2:
+            raise ValueError(f"mixture() combines several runs, and this posterior has num_runs={self.num_runs}; "
+                             "fit with num_runs > 1 (e.g. flowvi.fit(..., num_runs=8, init_spread=...)).")
+        if weights is not None:
+            w = mixture.check_weights(weights, self.num_runs)
+            record = {"method": "given", "weights": w.tolist()}
+        else:
+            if self.target is None:
+                raise ValueError("mixture() estimates the weights from the target's log density, and this "
+                                 "Posterior has none (a fit_samples fit, or flowvi.load without target=); load it "
+                                 "with its target, or pass weights=.")
+            x, log_p, cross = self.cross_draws(key, num_draws)
+            if np.isnan(log_p).any():
+                raise ValueError(f"the target's log density is NaN at {int(np.isnan(log_p).sum())} of "
+                                 f"{log_p.size} draws of the runs; the weights need it finite or -inf.")
+            w, info = mixture.stacking_weights(log_p, cross)
+            record = {"method": "stacking (importance-weighted log score, EM)", "num_draws": num_draws,
+                      "weights": w.tolist(), **info}
+        return dataclasses.replace(self, mixture_weights=w, settings={**self.settings, "mixture": record})
+
+    def log_prob_runs(self, x: jax.Array) -> jax.Array:
+        """Every run's log density at ``x: (n, dim)``: ``(num_runs, n)`` (an inverse pass for iaf and bnaf)."""
+        x = check_array("x", x)
+        if x.ndim != 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape (n, {self.dim}), got {x.shape}.")
+        return _log_prob_runs(self.flow, self.params, x)
+
+    def cross_draws(self, key: jax.Array, num_draws: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each run's draws with the target's log density and every run's density there.
+
+        Args:
+            key: PRNG key; the draws are ``sample_runs(key, num_draws)``'s.
+            num_draws: draws per run.
+
+        Returns:
+            ``x: (num_runs, num_draws, dim)``, ``log_p: (num_runs, num_draws)``
+            (unnormalised target; needs a target) and ``cross_log_q:
+            (num_runs, num_runs, num_draws)`` with ``[s, r, i] = log q_s(x[r, i])``,
+            as float64 numpy arrays.
+        """
+        if self.target is None:
+            raise ValueError("this Posterior has no target (a fit_samples fit, or flowvi.load without target=).")
+        x, _ = self.sample_runs(as_key(key), check_positive_int("num_draws", num_draws))
+        log_p = diagnostics._log_density_batch(self.target.log_density, x)
+        cross = np.stack([np.asarray(_log_prob_runs(self.flow, self.params, x[r]), np.float64)
+                          for r in range(self.num_runs)], axis=1)
+        return np.asarray(x, np.float64), np.asarray(log_p, np.float64), cross
 
     @property
     def distribution(self) -> distrax.Transformed:
@@ -138,16 +256,50 @@ class Posterior:
 
         Returns:
             ``x: (num_draws, dim)``, ``log_q: (num_draws,)``. With several runs the
-            draws are stratified over runs and ``log_q`` is the mixture density
+            draws are stratified over runs (in proportion to `mixture_weights` for a
+            mixture, see `sample_mixture`) and ``log_q`` is the mixture density
             (which needs each run's inverse: slow for ``iaf`` and ``bnaf``).
         """
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         if self.num_runs == 1:
             return _first_run(self.sample_runs(key, num_draws))
+        if self.is_mixture:
+            x, log_q, _ = self.sample_mixture(key, num_draws)
+            return x, log_q
         per_run = -(-num_draws // self.num_runs)
         x, _ = self.sample_runs(key, per_run)
         x = jnp.swapaxes(x, 0, 1).reshape(-1, self.dim)[:num_draws]
         return x, self.log_prob(x)
+
+    def sample_mixture(self, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array, np.ndarray]:
+        """Draws of the mixture ``sum_r w_r q_r`` (``w`` = `run_weights`) and which run drew each.
+
+        Stratified: run ``r`` gives ``floor(N c_r + u) - floor(N c_{r-1} + u)``
+        draws (``c`` the cumulative weights, ``u ~ U(0, 1)`` from `key`;
+        `flowvi.mixture.stratified_counts`), shuffled with `key`. Every run draws
+        ``ceil(N max_r w_r) + 1`` and keeps its share, so a fixed weight vector
+        compiles one program per ``N``.
+
+        Args:
+            key: one PRNG key.
+            num_draws: positive int.
+
+        Returns:
+            ``x: (num_draws, dim)``, the mixture's ``log_q: (num_draws,)`` and
+            ``run: (num_draws,)`` int, the run of each draw.
+        """
+        key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
+        count_key, draw_key, order_key = jax.random.split(key, 3)
+        w = self.run_weights
+        counts = mixture.stratified_counts(float(jax.random.uniform(count_key)), w, num_draws)
+        per_run = int(np.ceil(num_draws * w.max())) + 1
+        x_runs, _ = self.sample_runs(draw_key, per_run)
+        run = np.repeat(np.arange(self.num_runs), counts)
+        within = np.concatenate([np.arange(c) for c in counts])
+        order = np.asarray(jax.random.permutation(order_key, num_draws))
+        run, within = run[order], within[order]
+        x = x_runs[jnp.asarray(run), jnp.asarray(within)]
+        return x, self.log_prob(x), run
 
     def sample(self, key: jax.Array, num_draws: int) -> jax.Array:
         """``num_draws`` draws, shape ``(num_draws, dim)``.
@@ -193,12 +345,21 @@ class Posterior:
         return target.constrain(self.sample(key, num_draws))
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar); ``x`` real (ints are cast)."""
+        """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar); ``x`` real (ints are cast).
+
+        With several runs, the mixture's: ``logsumexp_r(log w_r + log q_r(x))``
+        with `run_weights` (equal unless a `mixture`).
+        """
         x = check_array("x", x)
         if x.shape[-1:] != (self.dim,) or x.ndim not in (1, 2):
             raise ValueError(f"x must have shape (n, {self.dim}) or ({self.dim},), got {x.shape}.")
         per_run = _log_prob_runs(self.flow, self.params, jnp.atleast_2d(x))
-        out = jax.nn.logsumexp(per_run, axis=0) - jnp.log(self.num_runs)
+        if self.is_mixture:
+            with np.errstate(divide="ignore"):
+                log_w = jnp.asarray(np.log(self.run_weights), per_run.dtype)
+            out = jax.nn.logsumexp(per_run + log_w[:, None], axis=0)
+        else:
+            out = jax.nn.logsumexp(per_run, axis=0) - jnp.log(self.num_runs)
         return out[0] if x.ndim == 1 else out
 
     def save(self, path) -> None:
@@ -216,13 +377,18 @@ class Posterior:
         io.save(self, path)
 
     def __repr__(self) -> str:
-        return (f"Posterior(flow={self.flow.name!r}, dim={self.dim}, num_runs={self.num_runs}, "
+        weights = (f", mixture_weights=[{', '.join(f'{v:.3g}' for v in self.run_weights)}]"
+                   if self.is_mixture else "")
+        return (f"Posterior(flow={self.flow.name!r}, dim={self.dim}, num_runs={self.num_runs}{weights}, "
                 f"steps_run={self.steps_run.tolist()}, stop_reason={self.stop_reason!r})")
 
     def diagnose(self, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 100):
         """How good the fit is: ELBO, log Z estimate, Pareto k-hat, importance ESS, R-hat across runs.
 
-        See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run.
+        See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run. With several
+        runs it also reports which runs found which mode (``d.modes``); a
+        `mixture` is diagnosed as one distribution (``num_runs * num_draws`` of
+        its draws, weighted against its density).
 
         Args:
             key: one PRNG key.

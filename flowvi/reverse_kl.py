@@ -20,6 +20,7 @@ from flowvi.control_variates import check_control_variates, choose_order, with_c
 from flowvi.data_target import DataSpec
 from flowvi.escalation import fit_escalating
 from flowvi.flows import Flow, resolve_flow, whitened, with_final_affine, with_whitening
+from flowvi.flows.base import identity_whitening
 from flowvi.host_loop import TrainingLoop, ended_worse_than_start, ran_away_downwards
 from flowvi.objectives import DATA_STREAM, ESTIMATORS, negative_elbo
 from flowvi.posterior import Posterior
@@ -29,7 +30,7 @@ from flowvi.stopping import ConvergenceRule
 from flowvi.target import Target, as_target, format_point
 from flowvi.training import RECOVERY, init_state, scan_steps
 from flowvi.validation import as_key, check_choice, check_nonnegative, check_positive_float, check_positive_int
-from flowvi.warm_start import gaussian_start
+from flowvi.warm_start import POOL_PER_RUN, gaussian_start, spread_starts
 
 DEFAULT_MAX_STEPS = 10000
 INITS = ("auto", "standard")
@@ -155,7 +156,12 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             A `flowvi.Posterior` from an earlier fit of this target: continue
             from its parameters (same flow; a fresh optimiser), e.g.
             ``fit(target, init=post, key=...)``.
-            ``post.settings["warm_start"]`` records what was found.
+            ``post.settings["warm_start"]`` records what was found. With
+            ``num_runs > 1`` (and ``init_spread > 0``) each run has its own
+            Gaussian: run 0's climb starts at the origin, the others' at the
+            points of a wide draw ``init_spread * N(0, I)`` (``8 * num_runs``
+            points, climbed) whose climbs ended farthest apart, so runs of a
+            multimodal target start on different modes (see `init_spread`).
         num_samples: Monte Carlo batch per step.
         learning_rate: learning rate of the default optimiser (Adam with
             global-norm clipping at 10); with ``steps=N`` it decays to 2% over
@@ -172,7 +178,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         progress: show a progress bar with the running ELBO; default when
             stderr is a terminal.
         num_runs: independent fits trained together (vmapped), for R-hat-style
-            checks across runs.
+            checks across runs and mode coverage (`flowvi.Posterior.diagnose`);
+            on a multimodal target, `flowvi.Posterior.mixture` combines them
+            into one posterior with stacking weights.
         names: coordinate names (plain log density only).
         max_bad_streak: a run halts after this many non-finite steps in a row, or
             sooner or later when more than a fifth of its steps are non-finite
@@ -182,10 +190,20 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             finite. A draw where the target is ``-inf`` is not non-finite: it
             gets zero weight (see `flowvi.objectives.negative_elbo`).
         chunk_size: steps per compiled call (host sync between chunks).
-        init_spread: with ``num_runs > 1``, runs after the first start with
-            their location moved by ``init_spread * N(0, I)`` (in the target's
-            unconstrained coordinates), so independent runs can land in
-            different modes; 0 starts every run at the standard normal.
+        init_spread: with ``num_runs > 1``, how far apart the runs start, so
+            that independent runs can land in different modes. With
+            ``init="auto"``: the sd, in the target's (unconstrained)
+            coordinates, of the draw around the origin whose points the runs'
+            warm-start climbs start from (`flowvi.warm_start.spread_starts`);
+            set it to the scale over which modes may lie (e.g. 40 for modes
+            anywhere in ``[-40, 40]^d``). Then, as with ``init="standard"``,
+            runs after the first have their location moved by
+            ``min(init_spread, 1) * N(0, I)`` in the whitened coordinates of
+            their own warm start (at most one sd of their Gaussian: dispersed
+            for R-hat, still in the basin their climb found), or by
+            ``init_spread * N(0, I)`` in the target's coordinates with
+            ``init="standard"`` (or where no warm start was found). 0 starts
+            every run where run 0 starts.
         mesh: a 1-D `jax.sharding.Mesh` (any axis name) to spread the fit over,
             e.g. ``jax.make_mesh((jax.device_count(),), ("batch",))``; it may
             span processes after ``jax.distributed.initialize``. A target with a
@@ -316,7 +334,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         # A flow fitted by fit_samples already ends in its data's fixed scale map; it is not whitened twice.
         whitening, warm = None, {"skipped": "the flow is standardised (from fit_samples)"}
     elif init == "auto":
-        whitening, warm = _warm_start(target, jax.random.fold_in(key, WARM_START_STREAM))
+        whitening, warm = _warm_start(target, jax.random.fold_in(key, WARM_START_STREAM), num_runs, init_spread)
         if whitening is not None and not flow.options.get("whitened", False):
             flow = whitened(flow)
     else:
@@ -327,7 +345,10 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
                               num_samples, estimator, min(chunk_size, steps), max_bad_streak, layout,
                               support_penalty)
     if previous is None:
-        states = _init_runs(flow, optimizer, num_runs, init_key, horizon, jnp.asarray(init_spread, jnp.float32),
+        # Runs with warm starts of their own are shifted by at most one sd of their Gaussian: enough to
+        # disperse them for R-hat, not enough to leave the basin their climb found.
+        shift = init_spread if whitening is None or np.ndim(whitening["loc"]) == 1 else min(init_spread, 1.0)
+        states = _init_runs(flow, optimizer, num_runs, init_key, horizon, jnp.asarray(shift, jnp.float32),
                             whitening)
     else:
         params = jax.tree.map(lambda a: jnp.broadcast_to(a, (num_runs, *a.shape[1:])), previous.params)
@@ -377,12 +398,45 @@ def _check_init(init, flow, flow_hyperparameters: dict, num_runs: int, dim: int)
     return init
 
 
-def _warm_start(target: Target, key: jax.Array) -> tuple[dict | None, dict]:
-    """The whitening map of the warm start and its record for ``settings["warm_start"]`` (None: none found)."""
+def _warm_start(target: Target, key: jax.Array, num_runs: int = 1, init_spread: float = 0.0
+                ) -> tuple[dict | None, dict]:
+    """The whitening map of the warm start and its record for ``settings["warm_start"]`` (None: none found).
+
+    With ``num_runs > 1`` and ``init_spread > 0`` every run gets its own
+    Gaussian, climbed from its own start point (`flowvi.warm_start.spread_starts`),
+    and the map has a leading run axis. Run 0 starts from the origin, unless
+    the climb from there found no Gaussian better than the standard normal
+    (the centre of a ring of modes, say): then every run takes one of the
+    spread start points. A run whose own climb found none starts at the
+    standard normal moved to its start point. The record is run 0's, with every run's under ``"runs"``.
+    """
     found, why = gaussian_start(target.log_density, target.dim, key)
-    if found is None:
-        return None, {"skipped": why}
-    return found.whitening(), found.summary()
+    if num_runs == 1 or init_spread == 0:
+        if found is None:
+            return None, {"skipped": why}
+        return found.whitening(), found.summary()
+    starts, _ = spread_starts(target.log_density, target.dim, jax.random.fold_in(key, 1), num_runs + 1,
+                              init_spread)
+    first = 0 if found is not None else 1
+    starts = starts[first:first + num_runs]
+    per_run = [(found, why)] if found is not None else []
+    per_run += [gaussian_start(target.log_density, target.dim, jax.random.fold_in(key, 2 + r), start=starts[r])
+                for r in range(len(per_run), num_runs)]
+    runs = [{"skipped": w} if g is None else g.summary() for g, w in per_run]
+    for r, record in enumerate(runs):
+        record["start"] = [round(float(v), 4) for v in starts[r][:_START_SHOWN]]
+    record = {"skipped": why} if found is None else found.summary()
+    record.update(runs=runs, pool=POOL_PER_RUN * (num_runs + 1), init_spread=init_spread)
+    if all(g is None for g, _ in per_run):
+        return None, record
+    maps = [g.whitening() if g is not None else {**identity_whitening(target.dim), "loc": jnp.asarray(starts[r])}
+            for r, (g, _) in enumerate(per_run)]
+    dtype = jnp.result_type(float)
+    return {k: jnp.stack([jnp.asarray(m[k], dtype) for m in maps]) for k in maps[0]}, record
+
+
+_START_SHOWN = 8
+"""Coordinates of each run's start point kept in ``settings["warm_start"]["runs"]``."""
 
 
 def _control_variates(value, target: Target, spec: DataSpec | None, subsample: int | None, layout: Layout | None,

@@ -19,6 +19,16 @@ curvature L-BFGS never explored; the exact Hessian costs ``dim`` Hessian-vector
 products per checkpoint, so above `MAX_DENSE_DIM` coordinates the warm start
 is skipped.
 
+Several runs (`spread_starts`): run 0 climbs from the origin as above; the
+other runs climb from points of a wide initial draw, so that runs of a
+multimodal target start on different modes. ``POOL_PER_RUN * num_runs``
+points are drawn, ``init_spread * N(0, I)`` in the target's coordinates (the
+first is the origin), L-BFGS climbs from each, and the runs take the climbs
+whose end points lie farthest apart (greedy farthest-point selection from the
+origin's climb); each run's Gaussian is then found from its own start point.
+On a unimodal target every climb ends at the same mode and every run starts
+from the same Gaussian, as with one start.
+
 Badly scaled targets are the point, so the Gaussian is kept in a factored form
 that float32 resolves: ``H = D^{-1} Q W Q^T D^{-1}`` with ``D`` the coordinates'
 scales (from the Hessian's diagonal) and ``Q W Q^T`` the eigendecomposition of
@@ -54,6 +64,9 @@ REL_TOL = 1e-7
 """An L-BFGS iteration stalls when it improves the log density by less than this times ``1 + |log p|``."""
 STALLS = 3
 """L-BFGS stops after this many stalled iterations in a row (or at a non-finite value)."""
+POOL_PER_RUN = 8
+"""Climbs per run in `spread_starts`: with 8 per run, 8 runs on 8 equally likely basins miss one
+with probability about ``8 (7/8)^64 = 0.002``."""
 
 
 class GaussianStart(NamedTuple):
@@ -126,6 +139,43 @@ def gaussian_start(log_density: Callable, dim: int, key: jax.Array, start: jax.A
                       f"approximation along the L-BFGS path (best {np.max(elbos[:-1]):.4g})")
     return GaussianStart(locs[best], outs[best], rots[best], ins[best], float(elbos[best]), iterations,
                          int(picks[best // 2]), time.perf_counter() - began), ""
+
+
+def spread_starts(log_density: Callable, dim: int, key: jax.Array, num_runs: int, spread: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Start points for the climbs of `num_runs` runs, spread over the target's modes (module docstring).
+
+    Args:
+        log_density: ``x: (dim,) -> scalar``.
+        dim: number of coordinates.
+        key: PRNG key of the initial draw.
+        num_runs: runs (>= 1).
+        spread: sd of the initial draw around the origin, in the target's coordinates.
+
+    Returns:
+        ``starts: (num_runs, dim)``, the chosen start points (row 0 the origin),
+        and ``ends: (num_runs, dim)``, where their climbs ended.
+    """
+    pool = np.asarray(spread * jax.random.normal(key, (POOL_PER_RUN * num_runs, dim)), np.float64)
+    pool[0] = 0.0
+    # One climb at a time through the program `gaussian_start` compiles anyway (a vmapped or mapped
+    # climb would be a second program to compile, which costs more than the climbs on small targets).
+    ends, values = np.zeros_like(pool), np.zeros(len(pool))
+    dtype = jnp.result_type(float)
+    for i, x0 in enumerate(pool):
+        path, trace, count = _climb(log_density, jnp.asarray(x0, dtype))
+        ends[i], values[i] = np.asarray(path[count]), float(trace[count])
+    usable = np.isfinite(values) & np.all(np.isfinite(ends), axis=1)
+    usable[0] = True
+    chosen = [0]
+    nearest = np.linalg.norm(ends - ends[0], axis=1)
+    for _ in range(1, num_runs):
+        candidates = np.where(usable, nearest, -np.inf)
+        candidates[chosen] = -np.inf
+        pick = int(np.argmax(candidates))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(ends - ends[pick], axis=1))
+    return pool[chosen], ends[chosen]
 
 
 @functools.partial(jax.jit, static_argnums=0)
