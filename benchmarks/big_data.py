@@ -58,13 +58,17 @@ from benchmarks.run import _spawn as run_spawn
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REFERENCES = pathlib.Path(__file__).resolve().parent / "references"
 QUICK_REFERENCES = pathlib.Path(__file__).resolve().parent / ".cache" / "big_data_quick"
-CASES = ((100_000, 10), (100_000, 50), (1_000_000, 10), (1_000_000, 50))
+CASES = ((100_000, 10), (100_000, 50), (1_000_000, 10), (1_000_000, 20), (1_000_000, 50))
+ACCEPTANCE = (1_000_000, 20)
+"""The issue's acceptance row (``--acceptance``: this case, flowvi defaults against NUTS)."""
 QUICK_CASES = ((10_000, 5),)
-METHODS = ("flowvi_cv", "flowvi_plain", "flowvi_full", "nuts")
+METHODS = ("flowvi_default", "flowvi_cv", "flowvi_plain", "flowvi_full", "nuts")
 SUBSAMPLE = 2048
 NUM_DRAWS = 4000
 NUTS = {"chains": 1, "warmup": 500, "draws": 500}
 REFERENCE = {"chains": 4, "warmup": 1000, "draws": 2500, "target_accept_prob": 0.9, "seed": 20240622}
+LARGE_REFERENCE = {"chains": 4, "warmup": 500, "draws": 1000, "target_accept_prob": 0.9, "seed": 20240622}
+"""From N = 10^6 rows: 4 chains x 1000 draws (enough when R-hat < 1.01; each draw costs a pass over N rows)."""
 QUICK_REFERENCE = {"chains": 2, "warmup": 500, "draws": 1000, "target_accept_prob": 0.9, "seed": 20240622}
 NOISE_DRAWS, NOISE_KEYS = 16, 256
 DATA_SEED = 20
@@ -88,6 +92,11 @@ def make_data(n: int, d: int):
     X = rng.standard_normal((n, d), dtype=np.float32)
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-(X @ w)))).astype(np.float32)
     return X, y
+
+
+def reference_settings(n: int, quick: bool) -> dict:
+    """The NUTS reference's size for N = `n` rows."""
+    return QUICK_REFERENCE if quick else LARGE_REFERENCE if n >= 1_000_000 else REFERENCE
 
 
 def digest(n: int, d: int) -> str:
@@ -134,8 +143,9 @@ def run_flowvi(method: str, n: int, d: int) -> dict:
     X, y = make_data(n, d)
     t0 = time.perf_counter()
     target = flowvi_target(X, y)
-    options = {"flowvi_cv": {"subsample": SUBSAMPLE}, "flowvi_plain": {"subsample": SUBSAMPLE,
-               "control_variates": False}, "flowvi_full": {}}[method]
+    options = {"flowvi_default": {}, "flowvi_cv": {"subsample": SUBSAMPLE},
+               "flowvi_plain": {"subsample": SUBSAMPLE, "control_variates": False},
+               "flowvi_full": {"subsample": None}}[method]
     post = flowvi.fit(target, key=jax.random.key(0), progress=False, **options)
     draws = np.asarray(jax.block_until_ready(post.sample(jax.random.key(1), NUM_DRAWS)))
     result = time.perf_counter() - t0
@@ -212,7 +222,7 @@ def worker(method: str, case: str, quick: bool, out: str) -> None:
     n, d = (int(part[1:]) for part in case.split("-"))
     try:
         if method == "reference":
-            rec = run_nuts(n, d, QUICK_REFERENCE if quick else REFERENCE)
+            rec = run_nuts(n, d, reference_settings(n, quick))
         elif method == "nuts":
             rec = run_nuts(n, d, NUTS)
         else:
@@ -262,7 +272,7 @@ def reference(n: int, d: int, quick: bool, refresh: bool, tmp: pathlib.Path, tim
         if ref.get("digest") == want:
             return ref
         print(f"[{case}] reference out of date (data generation changed): remaking it", flush=True)
-    s = QUICK_REFERENCE if quick else REFERENCE
+    s = reference_settings(n, quick)
     print(f"[{case}] reference: NUTS {s['chains']} chains x {s['draws']} draws after {s['warmup']} warm-up, "
           "float64 ...", flush=True)
     rec = _subprocess("reference", case, quick, timeout, tmp, env={"JAX_ENABLE_X64": "1"})
