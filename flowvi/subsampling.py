@@ -34,6 +34,7 @@ used (None: full data) and ``post.settings["subsample_rule"]`` says why.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from flowvi.control_variates import MAX_SECOND_ORDER_DIM
+from flowvi.data_target import SumLikelihood
 from flowvi.validation import check_positive_int
 
 AUTO = "auto"
@@ -54,9 +56,10 @@ FLOP_BUDGET = 1e8
 """Floating-point operations of a full-data step (all its draws) above which the rule subsamples.
 
 At the 1-10 GFLOP/s a CPU core sustains on these programs this is 10-100 ms
-per step, a few minutes for a fit of a few thousand steps; measured on
-logistic regression (d = 10, 64 draws) the full-data step passes it from
-N of about 14,000 rows.
+per step, a few minutes for a fit of a few thousand steps. XLA counts 64
+flops per row for a logistic regression's value and gradient at d = 10 (104 at
+d = 20), so at 64 draws its full-data step passes the budget from about 24,000
+rows (15,000 at d = 20), and `MIN_ROWS` decides.
 """
 ELEMENT_FLOPS = 10.0
 """Flops per data element assumed when the backend gives no cost analysis."""
@@ -74,9 +77,13 @@ def check_subsample(value: Any) -> int | str | None:
 def full_step_flops(log_density: Callable, data: Any, dim: int, num_samples: int) -> float:
     """Flops of one full-data step: ``num_samples`` x one value and gradient of ``log_density(x, data, None)``.
 
-    From XLA's cost analysis of the lowered (not compiled) program; where the
-    backend reports none, `ELEMENT_FLOPS` per data element.
+    From XLA's cost analysis of the lowered (not compiled) program, of the sum
+    over rows at once (the analysis counts a loop's body once, not once per
+    block: `flowvi.data_target.blocked_sum`); where the backend reports none,
+    `ELEMENT_FLOPS` per data element.
     """
+    if isinstance(log_density, SumLikelihood):
+        log_density = dataclasses.replace(log_density, block_rows=None)
     x = jax.ShapeDtypeStruct((dim,), jnp.result_type(float))
     grad = jax.jit(jax.value_and_grad(lambda x, data: log_density(x, data, None)))
     try:
