@@ -23,18 +23,6 @@ Two kinds of target have a data axis:
 Minibatch indices are drawn uniformly *with* replacement: O(B) per step
 whatever N is, and each index is uniform on 0..N-1, which is all unbiasedness
 needs. ``subsample=N`` means the full data.
-
-The full-data sum of the keyword form runs over blocks of `BLOCK_ROWS` rows
-on a CPU (`SumLikelihood`): a step evaluates every row at all of its draws,
-and done at once that is a ``(draws, N)`` array per intermediate (50 MB at 64
-draws and N = 200,000), each written to memory and read back, forward and
-again for the gradient. Block by block, with the block's forward pass
-recomputed in the backward one (``jax.checkpoint``), they stay in the cache.
-Measured in one run (logistic regression, N = 200,000, d = 10, 64 draws, the
-value and gradient at every draw; one loaded 2-core CPU): 207 -> 133 ms with
-``jnp.logaddexp`` in the likelihood, 219 -> 65 ms with ``softplus`` written
-as ``max(l, 0) + log1p(exp(-|l|))``. Without the recomputation blocks are no
-faster (the stacked per-block intermediates are as large as before).
 """
 
 from __future__ import annotations
@@ -48,9 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi.validation import check_positive_int
-
-BLOCK_ROWS = 4096
-"""Rows per block of the full-data sum on a CPU (`SumLikelihood`); measured best of 1024, 4096, 16384."""
 
 
 class DataSpec(NamedTuple):
@@ -110,52 +95,25 @@ class SumLikelihood:
     more, padded to split evenly over devices, with the boolean ``weight``
     marking the real rows; None when unpadded). With a ``batch_size`` the sum
     is ``N / B`` times the sum over ``B`` rows drawn by `subsample_indices`.
-    Without one, on a CPU, unpadded and with at least two blocks of
-    ``block_rows`` rows, the sum runs block by block (`blocked_sum`); None: at once.
     """
 
     log_prior: Callable
     log_likelihood: Callable
     num_data: int
     batch_size: int | None = None
-    block_rows: int | None = BLOCK_ROWS
 
     def __call__(self, x: jax.Array, data: Any, key: jax.Array | None) -> jax.Array:
         """``x: (dim,)``, ``data = (rows, weight)``, ``key`` for the minibatch (unused without one) -> scalar."""
         rows, weight = data
         each = jax.vmap(self.log_likelihood, in_axes=(None, 0))
         if self.batch_size is None:
-            rows = jax.tree.map(jnp.asarray, rows)
-            if (weight is None and self.block_rows is not None and self.num_data >= 2 * self.block_rows
-                    and jax.default_backend() == "cpu"):
-                return self.log_prior(x) + blocked_sum(lambda r: jnp.sum(each(x, r)), rows, self.block_rows)
-            ll = each(x, rows)
+            ll = each(x, jax.tree.map(jnp.asarray, rows))
             if weight is not None:
                 ll = jnp.where(weight, ll, 0.0)
             return self.log_prior(x) + jnp.sum(ll)
         idx = subsample_indices(key, self.num_data, self.batch_size)
         batch = jax.tree.map(lambda a: jnp.take(jnp.asarray(a), idx, axis=0), rows)
         return self.log_prior(x) + (self.num_data / self.batch_size) * jnp.sum(each(x, batch))
-
-
-def blocked_sum(block_sum: Callable, rows: Any, block_rows: int) -> jax.Array:
-    """``block_sum(rows)`` computed over blocks of `block_rows` rows (a ``lax.scan``), plus the leftover rows.
-
-    ``block_sum`` maps a pytree of arrays with a leading row axis to a scalar that
-    is a sum over those rows. Each block's forward pass is recomputed for the
-    gradient (``jax.checkpoint``), so no per-block intermediate outlives its block.
-    """
-    n = jax.tree.leaves(rows)[0].shape[0]
-    blocks, cut = n // block_rows, (n // block_rows) * block_rows
-    stacked = jax.tree.map(lambda a: a[:cut].reshape(blocks, block_rows, *a.shape[1:]), rows)
-
-    one = jax.checkpoint(block_sum)
-    # The first block starts the total (so the carry has the likelihood's own dtype); the scan adds the others.
-    total, _ = jax.lax.scan(lambda total, block: (total + one(block), None),
-                            one(jax.tree.map(lambda a: a[0], stacked)), jax.tree.map(lambda a: a[1:], stacked))
-    if cut < n:
-        total = total + block_sum(jax.tree.map(lambda a: a[cut:], rows))
-    return total
 
 
 def sum_likelihood_density(log_prior: Callable, log_likelihood: Callable, data: Any,
@@ -184,7 +142,7 @@ def sum_likelihood_density(log_prior: Callable, log_likelihood: Callable, data: 
             raise ValueError(f"{name} must return a scalar for {what}; it returned "
                              f"{getattr(out, 'shape', type(out).__name__)}. log_likelihood takes one "
                              "observation (data indexed at one row); flowvi sums over rows.")
-    full = SumLikelihood(log_prior, log_likelihood, num_data, None, BLOCK_ROWS)
+    full = SumLikelihood(log_prior, log_likelihood, num_data)
     return (lambda x: full(x, (data, None), None)), data, num_data
 
 
@@ -220,7 +178,5 @@ def sum_likelihood_spec(target: Any, batch_size: int | None, num_shards: int) ->
         lib = lambda a: jnp if isinstance(a, jax.Array) else np  # noqa: E731
         rows = jax.tree.map(lambda a: lib(a).concatenate([a, lib(a).repeat(a[:1], pad, axis=0)]), rows)
         weight = np.arange(n + pad) < n
-    # Blocks of rows along an axis split over devices would make the scan gather the data: not over a mesh.
-    fn = SumLikelihood(target.log_prior, target.log_likelihood, n, batch_size,
-                       BLOCK_ROWS if num_shards == 1 else None)
+    fn = SumLikelihood(target.log_prior, target.log_likelihood, n, batch_size)
     return DataSpec(fn, (rows, weight), (jax.tree.map(lambda _: True, rows), None if weight is None else True), n)

@@ -153,35 +153,3 @@ def test_subsample_bad_input_is_named():
             numpyro.sample("y", dist.Bernoulli(logits=numpyro.subsample(X, event_dim=1) @ w), obs=y)
     with pytest.raises(ValueError, match=r"observed site 'y' keeps 40 rows.*numpyro.subsample"):
         flowvi.fit(flowvi.Target.from_numpyro(unsubsampled, *logistic_rows(40)), subsample=10, **kw)
-
-
-def test_full_data_sum_in_blocks_matches_the_sum_at_once():
-    # N = 1000 rows in blocks of 64 (15 blocks and 40 leftover rows): the value, gradient and Hessian (the
-    # control variates' full-data expansion differentiates twice) equal the at-once sum up to float32 rounding.
-    from flowvi.data_target import SumLikelihood
-
-    rows = tuple(jnp.asarray(a) for a in logistic_rows(1000))
-    prior = lambda x: -0.5 * jnp.sum(x ** 2)  # noqa: E731
-    at_once = SumLikelihood(prior, logistic_log_likelihood, 1000, None, None)
-    blocked = SumLikelihood(prior, logistic_log_likelihood, 1000, None, 64)
-    x = jnp.array([0.3, -0.2, 0.5])
-    for fn in (lambda f: f, jax.grad, jax.hessian):
-        want = fn(lambda x: at_once(x, (rows, None), None))(x)
-        got = fn(lambda x: blocked(x, (rows, None), None))(x)
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-3)
-    jaxpr = str(jax.make_jaxpr(lambda x: jax.grad(lambda x: blocked(x, (rows, None), None))(x))(x))
-    assert "scan" in jaxpr and ("checkpoint" in jaxpr or "remat" in jaxpr)
-    assert "scan" not in str(jax.make_jaxpr(lambda x: at_once(x, (rows, None), None))(x))
-
-
-def test_a_large_keyword_target_sums_its_rows_in_blocks_on_one_device():
-    from flowvi.data_target import BLOCK_ROWS
-
-    target = plain_logistic(2 * BLOCK_ROWS + 5)
-    x = jnp.zeros(3)
-    assert "scan" in str(jax.make_jaxpr(target.log_density)(x))
-    spec = target.data_spec()
-    assert "scan" in str(jax.make_jaxpr(lambda x: spec.log_density(x, spec.data, None))(x))
-    # Over a mesh the rows are split over devices: no blocks (the scan would gather them).
-    assert target.data_spec(None, 2).log_density.block_rows is None
-    assert "scan" not in str(jax.make_jaxpr(plain_logistic(2 * BLOCK_ROWS - 1).log_density)(x))
