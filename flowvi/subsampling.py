@@ -34,7 +34,6 @@ used (None: full data) and ``post.settings["subsample_rule"]`` says why.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +41,6 @@ import jax
 import jax.numpy as jnp
 
 from flowvi.control_variates import MAX_SECOND_ORDER_DIM
-from flowvi.data_target import SumLikelihood
 from flowvi.validation import check_positive_int
 
 AUTO = "auto"
@@ -77,13 +75,10 @@ def check_subsample(value: Any) -> int | str | None:
 def full_step_flops(log_density: Callable, data: Any, dim: int, num_samples: int) -> float:
     """Flops of one full-data step: ``num_samples`` x one value and gradient of ``log_density(x, data, None)``.
 
-    From XLA's cost analysis of the lowered (not compiled) program, of the sum
-    over rows at once (the analysis counts a loop's body once, not once per
-    block: `flowvi.data_target.blocked_sum`); where the backend reports none,
-    `ELEMENT_FLOPS` per data element.
+    From XLA's cost analysis of the lowered (not compiled) program (it counts a
+    loop's body once, so a likelihood that loops over its rows is undercounted);
+    where the backend reports none, `ELEMENT_FLOPS` per data element.
     """
-    if isinstance(log_density, SumLikelihood):
-        log_density = dataclasses.replace(log_density, block_rows=None)
     x = jax.ShapeDtypeStruct((dim,), jnp.result_type(float))
     grad = jax.jit(jax.value_and_grad(lambda x, data: log_density(x, data, None)))
     try:
