@@ -99,7 +99,7 @@ def data_scaling(sizes, features: int, batch: int, steps: int) -> list[dict]:
         target = logistic_target(n, features)
         common = dict(flow="gaussian", num_samples=8)
         full_steps = max(2, min(steps, int(steps * 1e5 / n)))  # a few steps suffice once a step is slow
-        t_full = seconds_per_step(target, full_steps, **common)
+        t_full = seconds_per_step(target, full_steps, subsample=None, **common)
         t_sub = seconds_per_step(target, steps, subsample=batch, **common)
         rows.append({"N": n, "full_seconds_per_step": t_full, "subsample_seconds_per_step": t_sub,
                      "full_over_subsample": t_full / t_sub})

@@ -27,6 +27,7 @@ from flowvi.posterior import Posterior
 from flowvi.schedules import default_optimizer, has_rate_factor, with_horizon, with_rate_factor
 from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
 from flowvi.stopping import ConvergenceRule
+from flowvi.subsampling import AUTO, check_subsample, choose_subsample, cv_readiness, full_step_flops
 from flowvi.target import Target, as_target, format_point
 from flowvi.training import RECOVERY, init_state, scan_steps
 from flowvi.validation import as_key, check_choice, check_nonnegative, check_positive_float, check_positive_int
@@ -122,7 +123,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         optimizer: optax.GradientTransformation | None = None, estimator: str = "reparam",
         patience: int | None = None, progress: bool | None = None, num_runs: int = 1,
         names: list[str] | None = None, max_bad_streak: int = 20, chunk_size: int = DEFAULT_CHUNK,
-        mesh: jax.sharding.Mesh | None = None, subsample: int | None = None,
+        mesh: jax.sharding.Mesh | None = None, subsample: int | str | None = "auto",
         control_variates: bool | str = "auto", init_spread: float = 1.0,
         time_budget: float | None = None, **flow_hyperparameters) -> Posterior:
     """Fit a normalising flow to an unnormalised density by maximising the ELBO (reverse KL).
@@ -212,9 +213,17 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             ``num_runs > 1`` the runs are (``num_runs`` a multiple of it).
             Parameters are replicated. The result equals the single-device fit
             up to floating-point reduction order. See `flowvi.sharding`.
-        subsample: evaluate each step's likelihood on a random minibatch of
-            this many observations, scaled by N / B (unbiased; doubly-stochastic
-            VI). Needs a target with a data axis (`flowvi.data_target`).
+        subsample: ``B``: evaluate each step's likelihood on a random
+            minibatch of B observations, scaled by N / B (unbiased;
+            doubly-stochastic VI). Needs a target with a data axis
+            (`flowvi.data_target`). None (or N): the full data every step.
+            ``"auto"`` (default): the rule of `flowvi.subsampling` picks
+            ``B = 2048`` for a keyword `flowvi.Target` with ``N >= 51,200``
+            rows whose full-data step costs at least 1e8 flops (XLA's count,
+            all draws), when the second-order control variates apply (a warm
+            start centre, ``control_variates`` not False, ``dim <= 200``);
+            otherwise the full data. ``post.settings["subsample"]`` is the B
+            used (None: full data) and ``post.settings["subsample_rule"]`` why.
         control_variates: with `subsample`, subtract from each step's
             minibatch log density its Taylor expansion around the warm start's
             centre and add back the full-data expansion, computed once
@@ -222,9 +231,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             posterior far less noisy. It costs one Hessian of the minibatch
             per step (``dim`` passes over the B rows; first-order, one
             gradient, above 200 coordinates) and the full-data expansion
-            once. ``"auto"`` (default): on when `subsample` is given and the
-            warm start found a Gaussian; True: required (an error when there
-            is no subsampling or no warm start); False: off.
+            once. ``"auto"`` (default): on when the fit subsamples and the
+            warm start found a Gaussian; True: required (an error when
+            `subsample` is not given as a B, or there is no warm start); False: off.
             ``post.settings["control_variates"]`` says what was used.
         time_budget: with ``flow="auto"``, seconds after which no further stage
             is started (None: no limit).
@@ -299,8 +308,10 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     elif not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
     mesh = check_mesh(mesh)
-    if subsample is not None:
-        subsample = check_positive_int("subsample", subsample)
+    subsample = check_subsample(subsample)
+    auto_subsample = subsample == AUTO
+    if auto_subsample:
+        subsample = None  # until the rule has decided (after the warm start); the full data so far
     spec = None
     # NumPyro targets keep their own log density unless the data must be split or subsampled.
     if target.data is not None or mesh is not None or subsample is not None:
@@ -339,6 +350,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             flow = whitened(flow)
     else:
         whitening, warm = None, {"skipped": "init='standard'"}
+    spec, subsample, subsample_why = _subsample_rule(auto_subsample, subsample, control_variates, target, spec, layout,
+                                            data, whitening, num_samples)
     log_density, data, controlled = _control_variates(control_variates, target, spec, subsample, layout, data,
                                                       whitening, warm)
     config = _ReverseKLConfig(flow, target.log_density if spec is None else log_density, optimizer,
@@ -373,7 +386,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
                   "warm_start": warm, "num_samples": num_samples,
                   "estimator": estimator, "learning_rate": None if custom_optimizer else learning_rate,
                   "num_runs": num_runs, "patience": patience, "subsample": subsample,
-                  "control_variates": controlled,
+                  "subsample_rule": subsample_why, "control_variates": controlled,
                   "mesh": None if layout is None else f"{layout.size} devices split by {layout.mode}"})
 
 
@@ -437,6 +450,29 @@ def _warm_start(target: Target, key: jax.Array, num_runs: int = 1, init_spread: 
 
 _START_SHOWN = 8
 """Coordinates of each run's start point kept in ``settings["warm_start"]["runs"]``."""
+
+
+def _subsample_rule(auto: bool, subsample: int | None, control_variates, target: Target, spec: DataSpec | None,
+                    layout: Layout | None, data, whitening: dict | None, num_samples: int):
+    """``(spec, subsample, why)``: with ``subsample="auto"`` the rule of `flowvi.subsampling` applied.
+
+    `spec` and `data` are the full data's, placed; a keyword target's minibatch
+    spec takes the same data, so nothing is placed again.
+    """
+    if not auto:
+        if subsample is None or spec is None or subsample >= spec.num_data:
+            return spec, subsample, "full data (given)"
+        return spec, subsample, f"subsample={subsample} (given)"
+    if spec is None:
+        return spec, None, "auto: full data (the target has no data axis)"
+    center = None if whitening is None else np.asarray(whitening["loc"])
+    ready, why = cv_readiness(control_variates, center, target.dim)
+    batch, rule = choose_subsample(target.data is not None, spec.num_data,
+                                   lambda: full_step_flops(spec.log_density, data, target.dim, num_samples),
+                                   ready, why)
+    if batch is None:
+        return spec, None, rule
+    return target.data_spec(batch, 1 if layout is None else layout.size), batch, rule
 
 
 def _control_variates(value, target: Target, spec: DataSpec | None, subsample: int | None, layout: Layout | None,

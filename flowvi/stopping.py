@@ -19,9 +19,16 @@ ELBO per step), whose Monte Carlo error is measured from the trace itself:
 RABVI judges stationarity by R-hat of the parameter iterates and averages the
 iterates; the loss is cheaper to keep and says directly what a user cares
 about (is the ELBO still improving?), and the lowest rate plays the part of
-averaging. The rule needs the default optimiser (its rate lives in the
-optimiser state, `flowvi.schedules.with_rate_factor`); with a custom one the
-fit stops at the first stationary point.
+averaging. Averaging the iterates of the last rate was measured and left out:
+on the noisiest case at hand (a Gaussian mean, N = 10^5, ``subsample=1000``
+without control variates, keys 0-3) the mean of the parameters at the chunk
+ends of the last stage was 0.29, 0.30, 0.28, 0.36 posterior sds off against
+the last iterate's 0.27, 0.30, 0.31, 0.35: the error is a slow drift of the
+location, correlated over more steps than a stage lasts, not jitter that an
+average removes. The control variates (`flowvi.control_variates`) remove it.
+The rule needs the default optimiser (its rate lives in the optimiser state,
+`flowvi.schedules.with_rate_factor`); with a custom one the fit stops at the
+first stationary point.
 """
 
 from __future__ import annotations
