@@ -465,7 +465,7 @@ def _subsample_rule(auto: bool, subsample: int | None, control_variates, target:
         return spec, subsample, f"subsample={subsample} (given)"
     if spec is None:
         return spec, None, "auto: full data (the target has no data axis)"
-    center = None if whitening is None else np.asarray(whitening["loc"])
+    center = _reference_point(whitening)
     ready, why = cv_readiness(control_variates, center, target.dim)
     batch, rule = choose_subsample(target.data is not None, spec.num_data,
                                    lambda: full_step_flops(spec.log_density, data, target.dim, num_samples),
@@ -473,6 +473,14 @@ def _subsample_rule(auto: bool, subsample: int | None, control_variates, target:
     if batch is None:
         return spec, None, rule
     return target.data_spec(batch, 1 if layout is None else layout.size), batch, rule
+
+
+def _reference_point(whitening: dict | None) -> np.ndarray | None:
+    """The control variates' expansion point ``(dim,)``: the warm start's centre (run 0's, if each run has one)."""
+    if whitening is None:
+        return None
+    loc = np.asarray(whitening["loc"])
+    return loc if loc.ndim == 1 else loc[0]
 
 
 def _control_variates(value, target: Target, spec: DataSpec | None, subsample: int | None, layout: Layout | None,
@@ -484,7 +492,7 @@ def _control_variates(value, target: Target, spec: DataSpec | None, subsample: i
     """
     if spec is None:
         return None, data, "off (no subsampling)"
-    center = None if whitening is None else np.asarray(whitening["loc"])
+    center = _reference_point(whitening)
     why = "; ".join(str(v) for v in warm.values()) if center is None else ""
     order, what = choose_order(value, subsample is not None and subsample < spec.num_data, center, why,
                                target.dim)

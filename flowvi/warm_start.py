@@ -243,8 +243,12 @@ def _laplace_at(log_density: Callable, points: jax.Array, key: jax.Array):
         precision = 0.5 * (precision + precision.T)
         diagonal = jnp.abs(jnp.diag(precision))
         scale_out = jax.lax.rsqrt(jnp.where(diagonal > 0, diagonal, 1.0))
-        eigenvalues, rotation = jnp.linalg.eigh(scale_out[:, None] * precision * scale_out[None, :])
-        eigenvalues = jnp.abs(eigenvalues)
+        scaled = scale_out[:, None] * precision * scale_out[None, :]
+        # LAPACK's eigensolver is never given a NaN or inf (at a degenerate point the Hessian overflows):
+        # such a point gets the identity, and NaN eigenvalues rule its candidates out (ELBO -inf).
+        finite = jnp.all(jnp.isfinite(scaled))
+        eigenvalues, rotation = jnp.linalg.eigh(jnp.where(finite, scaled, jnp.eye(dim, dtype=scaled.dtype)))
+        eigenvalues = jnp.where(finite, jnp.abs(eigenvalues), jnp.nan)
         eigenvalues = jnp.maximum(eigenvalues, EIGEN_FLOOR * jnp.max(eigenvalues))
         scale_in = jax.lax.rsqrt(eigenvalues)
         newton = x + scale_out * ((((gradient * scale_out) @ rotation) / eigenvalues) @ rotation.T)
