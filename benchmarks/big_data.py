@@ -328,10 +328,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.cases = parse_cases(args.cases) if args.cases else list(QUICK_CASES if args.quick else CASES)
         except ValueError:
             p.error(f"--cases {args.cases!r}: expected comma-separated NxD, e.g. 100000x10")
-        args.methods = [m for m in args.methods.split(",") if m]
-        for m in args.methods:
-            if m not in METHODS:
-                p.error(f"unknown method {m!r}; expected some of {', '.join(METHODS)}")
+        args.methods = report.choices(p, "method", args.methods, METHODS)
     return args
 
 

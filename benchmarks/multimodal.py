@@ -308,14 +308,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the ring, one seed, 400 steps, 4000 draws")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     args = p.parse_args(argv)
-    args.targets = (args.targets or ("ring" if args.quick else ",".join(TARGETS))).split(",")
-    args.methods = [m for m in args.methods.split(",") if m]
-    for t in args.targets:
-        if t not in TARGETS:
-            p.error(f"unknown target {t!r}; expected some of {', '.join(TARGETS)}")
-    for m in args.methods:
-        if m not in METHODS:
-            p.error(f"unknown method {m!r}; expected some of {', '.join(METHODS)}")
+    args.targets = report.choices(p, "target", args.targets or ("ring" if args.quick else ",".join(TARGETS)), TARGETS)
+    args.methods = report.choices(p, "method", args.methods, METHODS)
     args.seeds = args.seeds or (1 if args.quick else 5)
     args.steps = args.steps or (400 if args.quick else 2000)
     args.draws = args.draws or (4000 if args.quick else 20_000)

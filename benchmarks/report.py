@@ -27,6 +27,15 @@ COLUMNS = [  # (header, getter, format)
 ]
 
 
+def choices(parser, what: str, text: str, allowed) -> list[str]:
+    """The comma-separated ``text`` as a list; ``parser.error`` on a name not in ``allowed`` (names `what`)."""
+    names = [n for n in text.split(",") if n]
+    for n in names:
+        if n not in allowed:
+            parser.error(f"unknown {what} {n!r}; expected some of {', '.join(allowed)}")
+    return names
+
+
 def _cell(rec, get, fmt) -> str:
     try:
         v = get(rec)

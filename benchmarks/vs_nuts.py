@@ -330,14 +330,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker", nargs=3, metavar=("METHOD", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is None:
-        args.models = [m for m in args.models.split(",") if m]
-        args.methods = [m for m in args.methods.split(",") if m]
-        for m in args.models:
-            if m not in MODELS:
-                p.error(f"unknown model {m!r}; expected some of {', '.join(MODELS)}")
-        for m in args.methods:
-            if m not in METHODS:
-                p.error(f"unknown method {m!r}; expected some of {', '.join(METHODS)}")
+        args.models = report.choices(p, "model", args.models, MODELS)
+        args.methods = report.choices(p, "method", args.methods, METHODS)
     return args
 
 
