@@ -274,7 +274,7 @@ class Diagnostics:
         ]
         if self.iw_k is not None:
             rows.append((f"IW bound (K={self.iw_k})", f"{self.iw_bound:.4f} ± {self.iw_bound_se:.4f}"))
-        rows += [("Pareto k-hat", f"{self.k_hat:.3f}"),
+        rows += [("Pareto k-hat", k_text(self.k_hat, 3)),
                  ("importance ESS", f"{self.ess:.0f} ({100 * self.ess_fraction:.1f}%)"),
                  ("non-finite weights", f"{self.num_nonfinite_weights} of {total}"),
                  ("zero weights (log p = -inf)", f"{self.num_zero_weights} of {total}")]
@@ -332,6 +332,15 @@ _MAX_ROWS = 20
 def _overlap_min() -> float:
     from flowvi.mixture import OVERLAP
     return OVERLAP
+
+
+def k_text(k: float, digits: int = 2) -> str:
+    """`k` with `digits` decimals, or more where fewer would print a threshold it is not (0.7004 -> "0.7004")."""
+    for shown in range(digits, 7):
+        text = f"{k:.{shown}f}"
+        if float(text) not in (K_GOOD, K_UNRELIABLE) or float(text) == k:
+            return text
+    return text
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -640,16 +649,16 @@ def _mode_notes(modes: ModeCoverage, mixture: bool, disagree: bool) -> list[str]
         if covered:
             return [f"Found {n} separated modes; the mixture covers them ({which})."]
         return [f"The runs disagree: they found {n} separated modes ({which}), and the mixture still misses "
-                f"mass the target has (Pareto k-hat {k:.2f} > {K_UNRELIABLE}): fit more runs, with a wider "
+                f"mass the target has (Pareto k-hat {k_text(k)} > {K_UNRELIABLE}): fit more runs, with a wider "
                 "init_spread, or a more flexible flow."]
     if n == 1:
         return []
     lead = "They" if disagree else "The runs disagree: they"
     if covered:
         return [f"{lead} found {n} separated modes ({which}; stacking weights), and the mixture of the runs "
-                f"covers them (Pareto k-hat {k:.2f} against it): post.mixture(key) makes them one posterior."]
+                f"covers them (Pareto k-hat {k_text(k)} against it): post.mixture(key) makes them one posterior."]
     return [f"{lead} found {n} separated modes ({which}; stacking weights), and even together the runs miss "
-            f"mass the target has (Pareto k-hat {k:.2f} of their mixture > {K_UNRELIABLE}): fit more runs, with "
+            f"mass the target has (Pareto k-hat {k_text(k)} of their mixture > {K_UNRELIABLE}): fit more runs, with "
             "a wider init_spread, or a more flexible flow."]
 
 
@@ -753,15 +762,15 @@ def judge(k_hat: float, *, rhat: np.ndarray | None = None, elbo_runs: np.ndarray
                 f"it up to a constant{trust}.")
     elif k_hat < K_GOOD:
         level = "good"
-        text = f"Pareto k-hat {k_hat:.2f} < {K_GOOD}: the importance weights are well behaved{trust}."
+        text = f"Pareto k-hat {k_text(k_hat)} < {K_GOOD}: the importance weights are well behaved{trust}."
     elif k_hat <= K_UNRELIABLE:
         level = "usable with care"
-        text = (f"Pareto k-hat {k_hat:.2f} is between {K_GOOD} and {K_UNRELIABLE}: the importance weights "
+        text = (f"Pareto k-hat {k_text(k_hat)} is between {K_GOOD} and {K_UNRELIABLE}: the importance weights "
                 "have infinite variance, so the flow is somewhat too narrow somewhere; use the "
                 "PSIS-corrected estimates, and fit longer or with a more flexible flow for more.")
     else:
         level = "unreliable"
-        text = (f"Pareto k-hat {k_hat:.2f} > {K_UNRELIABLE}: the flow misses mass the target has (too "
+        text = (f"Pareto k-hat {k_text(k_hat)} > {K_UNRELIABLE}: the flow misses mass the target has (too "
                 "narrow, wrongly shaped, or missing a mode); the ELBO, the log Z estimate and the draws "
                 "should not be trusted. Fit longer, use a more flexible flow, or try several runs.")
     notes = []

@@ -198,7 +198,7 @@ class NeutraResult:
                            f"(limit {self.settings['max_tree_depth']})"),
             ("time", f"fit {self.fit_seconds:.1f} s + NUTS {self.mcmc_seconds:.1f} s "
                      "(compilation and warm-up included)"),
-            ("VI fit", f"ELBO {self.vi.elbo:.4g}, Pareto k-hat {self.vi.k_hat:.2f} "
+            ("VI fit", f"ELBO {self.vi.elbo:.4g}, Pareto k-hat {diagnostics.k_text(self.vi.k_hat)} "
                        f"({self.vi.verdict.split(':')[0]})"),
         ]
         width = max(len(r[0]) for r in rows)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi.diagnostics import K_GOOD, K_UNRELIABLE, _log_density_batch, importance_draws, psis
+from flowvi.diagnostics import K_GOOD, K_UNRELIABLE, _log_density_batch, importance_draws, k_text, psis
 from flowvi.validation import as_key
 
 
@@ -295,7 +295,7 @@ def weights(post, key=None, *, num_draws: int = 4000, ax=None):
         level = "not estimable"
     left_out = [f"{drawn - n} NaN or infinite (left out)"] if n < drawn else []
     left_out += [f"{zero} zero"] if zero else []
-    ax.set_title(f"Pareto k-hat = {k_hat:.2f} ({level})"
+    ax.set_title(f"Pareto k-hat = {k_text(k_hat)} ({level})"
                  + (f"\nof {drawn} weights: {', '.join(left_out)}" if left_out else ""))
     ax.legend(loc="upper right", fontsize="small")
     return ax

@@ -258,6 +258,9 @@ def test_verdict_words():
     assert judge(np.inf).startswith("unreliable")
     both = judge(0.3, rhat=np.array([1.0, 1.3]), names=["a", "b"])
     assert both.startswith("unreliable") and "R-hat 1.30" in both and "for b" in both
+    # A k-hat just past a threshold is printed with the digits that show it (the demo said "0.70 > 0.7").
+    assert "Pareto k-hat 0.7004 > 0.7" in judge(0.7004) and "Pareto k-hat 0.70 is between" in judge(0.7)
+    assert "Pareto k-hat 0.4996 < 0.5" in judge(0.4996) and "Pareto k-hat 0.43 < 0.5" in judge(0.4321)
     lagging = judge(0.3, elbo_runs=np.array([-2.0, -2.01, -5.0]), elbo_se_runs=np.full(3, 0.01))
     assert lagging.startswith("good") and "Run(s) 2" in lagging
 

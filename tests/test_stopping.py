@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from helpers import banana_log_density, gaussian_log_density
+from helpers import BANANA_MEAN, BANANA_SD, banana_log_density, gaussian_log_density
 
 import flowvi
 from flowvi.schedules import default_optimizer, with_horizon, with_rate_factor
-from flowvi.stopping import FACTOR, REDUCTIONS, WINDOW, ConvergenceRule
+from flowvi.stopping import FACTOR, GROWTH, REDUCTIONS, WINDOW, ConvergenceRule
 
 KEY = jax.random.key(0)
 
@@ -30,10 +30,12 @@ def test_a_stationary_trace_lowers_the_rate_then_stops_when_lowering_gains_nothi
     rule = ConvergenceRule(1)
     events = _feed(rule, 10.0 + rng.normal(size=5000))
     # Stationary from the start: the rate is lowered after the first two windows, and after two more
-    # windows at the lower rate the level has not improved, so the fit stops.
+    # windows at the lower rate (longer ones: WINDOW * FACTOR ** GROWTH steps) the level has not
+    # improved, so the fit stops.
     assert events[0] == (2 * WINDOW, "lower") and rule.factor[0] == 1.0 / FACTOR
-    assert len(events) == 2 and events[1][0] == 4 * WINDOW
-    assert events[1][1].startswith(f"converged at step {4 * WINDOW}") and "within its noise" in events[1][1]
+    stop = 2 * WINDOW + 2 * int(WINDOW * FACTOR ** GROWTH)
+    assert GROWTH > 0 and len(events) == 2 and events[1][0] == stop
+    assert events[1][1].startswith(f"converged at step {stop}") and "within its noise" in events[1][1]
 
 
 def test_a_falling_trace_is_not_stationary():
@@ -85,6 +87,16 @@ def test_steps_none_stops_earlier_on_an_easy_target_and_says_why():
     assert easy.stop_reason.startswith("converged at step")
     assert int(easy.steps_run[0]) < int(hard.steps_run[0])
     assert hard.stop_reason.startswith(("converged at step", "reached max_steps=6000"))
+
+
+def test_default_fit_of_the_banana_gets_both_sds_right():
+    # models/banana.py: exact sds 1 and 1.5. With windows of 200 steps at every rate the rule stopped
+    # at 1600 steps with x1's sd 0.89 of the truth (measured, seed 0); with longer windows at lower
+    # rates it was within 0.96-0.99 (seeds 0, 1). 20000 draws: an sd ratio's s.e. is below 1%.
+    post = flowvi.fit(banana_log_density, dim=2, key=KEY)
+    x = np.asarray(post.sample(jax.random.key(7), 20_000))
+    assert np.all(np.abs(x.std(0) / BANANA_SD - 1.0) < 0.07), x.std(0)
+    assert np.all(np.abs(x.mean(0) - BANANA_MEAN) / BANANA_SD < 0.07), x.mean(0)
 
 
 def test_max_steps_caps_the_automatic_mode():
