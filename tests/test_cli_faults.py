@@ -117,7 +117,7 @@ def test_printed_and_saved_diagnostics_are_the_same(refit):
     out, rc, stdout, _ = refit
     attrs = az.from_netcdf(out / "posterior.nc").posterior.attrs
     printed_k = re.search(r"Pareto k-hat\s+(\S+)", stdout).group(1)
-    assert printed_k == f"{attrs['k_hat']:.3f}"
+    assert float(printed_k) == pytest.approx(attrs["k_hat"], abs=5e-4)  # 3 decimals, more near a threshold
     printed_elbo = re.search(r"ELBO\s+(\S+) ±", stdout).group(1)
     assert printed_elbo == f"{attrs['elbo']:.4f}"
     verdict = re.search(r"verdict: (.*?)\n\n", stdout, re.S).group(1)
