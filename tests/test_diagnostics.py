@@ -258,6 +258,11 @@ def test_verdict_words():
     assert judge(np.inf).startswith("unreliable")
     both = judge(0.3, rhat=np.array([1.0, 1.3]), names=["a", "b"])
     assert both.startswith("unreliable") and "R-hat 1.30" in both and "for b" in both
+    # Between 0.5 and 0.7 the ESS share decides (ESS_MIN); elsewhere it does not.
+    assert judge(0.6, ess_fraction=0.98).startswith("usable with care")
+    low = judge(0.6, ess_fraction=0.1)
+    assert low.startswith("unreliable") and "importance ESS is 10% of the draws (below 50%)" in low
+    assert judge(0.3, ess_fraction=0.1).startswith("good") and judge(0.8, ess_fraction=1.0).startswith("unreliable")
     # A k-hat just past a threshold is printed with the digits that show it (the demo said "0.70 > 0.7").
     assert "Pareto k-hat 0.7004 > 0.7" in judge(0.7004) and "Pareto k-hat 0.70 is between" in judge(0.7)
     assert "Pareto k-hat 0.4996 < 0.5" in judge(0.4996) and "Pareto k-hat 0.43 < 0.5" in judge(0.4321)

@@ -17,7 +17,7 @@ from helpers import gaussian_log_density
 from scipy import stats
 
 import flowvi
-from flowvi.diagnostics import RAW_BIAS_TOL, ZERO_WEIGHT_SHARE, from_draws, judge
+from flowvi.diagnostics import ESS_MIN, K_GOOD, K_UNRELIABLE, RAW_BIAS_TOL, ZERO_WEIGHT_SHARE, from_draws, judge
 
 HALTED = ("stopped at step 20: the loss or gradient was non-finite for 20 consecutive steps from step 0; "
           "the parameters are the last ones whose loss was finite")
@@ -189,6 +189,17 @@ def test_shifted_flow_has_biased_raw_means():
     d = from_draws(x, log_p, log_q)
     assert d.k_hat < 0.5 and d.raw_biased.tolist() == [True]
     assert d.verdict.startswith("usable with care") and "raw draws are biased" in d.verdict
+
+
+def test_a_flow_too_narrow_everywhere_is_unreliable_even_below_k_hat_0_7():
+    # q = N(0, 0.6^2) on p = N(0, 1): the weights' tail index is k = 1 - 0.36 = 0.64, and this seed's
+    # k-hat is 0.53, which alone reads "usable with care"; the importance ESS is 40% of the draws
+    # (below ESS_MIN), and the raw sd is 40% short. Before ESS_MIN the verdict was "usable with care".
+    x, log_p, log_q = _draws(np.random.default_rng(7), 4000, 1, q_sd=0.6)
+    d = from_draws(x, log_p, log_q)
+    assert K_GOOD < d.k_hat <= K_UNRELIABLE and d.ess_fraction < ESS_MIN
+    assert d.verdict.startswith("unreliable") and "importance ESS is" in d.verdict, d.verdict
+    assert not d.reliable
 
 
 @pytest.mark.parametrize("q_sd, biased", [(1.0, False), (1.15, False), (1 / 1.15, False), (1.45, True)])
