@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi._version import __version__
-from flowvi.diagnostics import Diagnostics, _analyse, arviz_major, mixture_importance_draws, mode_coverage
+from flowvi.diagnostics import Diagnostics, _analyse, arviz_major, flow_draws, mixture_importance_draws, mode_coverage
 from flowvi.validation import as_key, check_positive_int
 
 
@@ -99,11 +99,7 @@ def to_arviz(post, key: jax.Array, num_draws: int = 1000, *, resample: bool = Fa
         if resample:
             raise ValueError("resample=True needs the target's log density, and this Posterior has none "
                              "(a fit_samples fit, or flowvi.load without target=).")
-        if mixed:
-            x, log_q, run = post.sample_mixture(draw_key, post.num_runs * num_draws)
-            x, log_q, run = x[None], log_q[None], np.asarray(run)[None]
-        else:
-            (x, log_q), run = post.sample_runs(draw_key, num_draws), None
+        x, log_q, run = flow_draws(post, draw_key, num_draws)
         x, log_q = np.asarray(x, dtype=np.float64), np.asarray(log_q, dtype=np.float64)
         stats = {"log_q": log_q} if run is None else {"log_q": log_q, "run": run}
     else:

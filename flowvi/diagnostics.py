@@ -401,16 +401,26 @@ def mixture_importance_draws(post, key: jax.Array, num_draws: int
     if post.target is None:
         raise ValueError("diagnostics need the target's log density, and this Posterior has none "
                          "(a fit_samples fit, or flowvi.load without target=); load it with its target.")
-    num_draws = check_positive_int("num_draws", num_draws)
-    run = None
-    if getattr(post, "is_mixture", False):
-        x, log_q, run = post.sample_mixture(as_key(key), post.num_runs * num_draws)
-        x, log_q, run = x[None], log_q[None], np.asarray(run)[None]
-    else:
-        x, log_q = post.sample_runs(as_key(key), num_draws)
+    x, log_q, run = flow_draws(post, key, num_draws)
     log_p = _log_density_batch(post.target.log_density, x)
     return (np.asarray(x, dtype=np.float64), np.asarray(log_p, dtype=np.float64),
             np.asarray(log_q, dtype=np.float64), run)
+
+
+def flow_draws(post, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array, np.ndarray | None]:
+    """The flow's draws as `mixture_importance_draws` lays them out, without the target.
+
+    Returns:
+        ``x: (num_runs, num_draws, dim)`` and ``log_q: (num_runs, num_draws)`` (each run's
+        own draws and density) and ``run`` None; for a mixture ``x: (1, num_runs * num_draws, dim)``,
+        the mixture's ``log_q`` and ``run: (1, num_runs * num_draws)``, the run of each draw.
+    """
+    num_draws = check_positive_int("num_draws", num_draws)
+    if getattr(post, "is_mixture", False):
+        x, log_q, run = post.sample_mixture(as_key(key), post.num_runs * num_draws)
+        return x[None], log_q[None], np.asarray(run)[None]
+    x, log_q = post.sample_runs(as_key(key), num_draws)
+    return x, log_q, None
 
 
 def mode_coverage(post, key: jax.Array, x: np.ndarray, log_p: np.ndarray) -> ModeCoverage | None:
@@ -430,8 +440,7 @@ def mode_coverage(post, key: jax.Array, x: np.ndarray, log_p: np.ndarray) -> Mod
     else:
         m = min(x.shape[1], MODE_DRAWS)
         log_p = log_p[:, :m]
-        cross = np.stack([np.asarray(post.log_prob_runs(x[r, :m]), np.float64) for r in range(post.num_runs)],
-                         axis=1)
+        cross = post.cross_log_prob(x[:, :m])
         weights = None
     own = cross[np.arange(post.num_runs), np.arange(post.num_runs)]
     if np.isnan(log_p).any() or not np.all(np.isfinite(own)) or not np.any(np.isfinite(log_p)):

@@ -224,9 +224,15 @@ class Posterior:
             raise ValueError("this Posterior has no target (a fit_samples fit, or flowvi.load without target=).")
         x, _ = self.sample_runs(as_key(key), check_positive_int("num_draws", num_draws))
         log_p = diagnostics._log_density_batch(self.target.log_density, x)
-        cross = np.stack([np.asarray(_log_prob_runs(self.flow, self.params, x[r]), np.float64)
-                          for r in range(self.num_runs)], axis=1)
-        return np.asarray(x, np.float64), np.asarray(log_p, np.float64), cross
+        return np.asarray(x, np.float64), np.asarray(log_p, np.float64), self.cross_log_prob(x)
+
+    def cross_log_prob(self, x: jax.Array) -> np.ndarray:
+        """Every run's log density at every run's draws ``x: (num_runs, n, dim)``: ``(num_runs, num_runs, n)``.
+
+        ``[s, r, i] = log q_s(x[r, i])``, float64 numpy (an inverse pass per run for iaf and bnaf).
+        """
+        return np.stack([np.asarray(_log_prob_runs(self.flow, self.params, jnp.asarray(x[r])), np.float64)
+                         for r in range(self.num_runs)], axis=1)
 
     @property
     def distribution(self) -> distrax.Transformed:
