@@ -23,7 +23,13 @@ latent sites against the NUTS run with the most chains: the worst coordinate's
 Monte Carlo error is about ``1 / sqrt(ESS)`` in those units, 0.02-0.03 at 4000
 draws).
 
-Run: ``python -m benchmarks.latency [--quick] [--models eight_schools] [--families default,iaf]``.
+Inside ``fit`` the flowvi worker also times its steps (checks and the
+target probe, the Gaussian warm start, setup, the training loop, what comes
+after), by wrapping ``flowvi.reverse_kl``'s ``_warm_start`` and ``_train``;
+the "profile" table splits the training loop into its compilations and its
+steps (ms per step). ``--models all`` runs every model of `benchmarks.vs_nuts`.
+
+Run: ``python -m benchmarks.latency [--quick] [--models eight_schools|all] [--families default,iaf]``.
 Results: ``benchmarks/results/latency-<time>.json`` and ``.md``.
 """
 
@@ -41,8 +47,14 @@ import time
 START = time.perf_counter()  # a worker's clock starts here, before its heavy imports
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODELS = {"eight_schools": "models/eight_schools.py", "logistic_regression": "models/logistic_regression.py",
-          "hierarchical_regression": "models/hierarchical_regression.py"}
+MODELS = {name: f"models/{name}.py" for name in (
+    "eight_schools", "logistic_regression", "hierarchical_regression", "eight_schools_centered", "constrained",
+    "scaled_regression", "ar_timeseries", "hsgp_heteroscedastic", "flat_prior_regression")}
+"""The models of `benchmarks.vs_nuts`; the first three are the default ``--models``."""
+DEFAULT_MODELS = "eight_schools,logistic_regression,hierarchical_regression"
+FIT_PHASES = (("fit", "checks and probe"), ("fit: warm start", "warm start"), ("fit: setup", "setup"),
+              ("fit: train", "training"), ("fit: after", "after training"))
+"""The phases `flowvi_worker` splits ``fit`` into, and their column names in the profile."""
 QUICK = {"models": "eight_schools", "steps": 100, "draws": 400, "warmup": 100, "samples": 100}
 COMPILE = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -73,10 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", help=argparse.SUPPRESS)
     p.add_argument("--num-chains", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    defaults = {"models": ",".join(MODELS), "steps": None, "draws": 4000, "warmup": 1000, "samples": 1000}
+    defaults = {"models": DEFAULT_MODELS, "steps": None, "draws": 4000, "warmup": 1000, "samples": 1000}
     for name, value in (QUICK if a.quick else defaults).items():
         if getattr(a, name) is None:
             setattr(a, name, value)
+    if a.models == "all":
+        a.models = ",".join(MODELS)
     for name in ("draws", "warmup", "samples"):
         if getattr(a, name) is None:
             setattr(a, name, defaults[name])
@@ -104,7 +118,7 @@ class Phases:
 
     def next(self, name: str) -> None:
         now = time.perf_counter()
-        self.rows[self.current] = now - self.started
+        self.rows[self.current] = self.rows.get(self.current, 0.0) + now - self.started  # a phase may recur
         self.current, self.started = name, now
 
     def report(self) -> dict:
@@ -129,6 +143,23 @@ def _moments(samples: dict, sites) -> dict:
             for k in sites}
 
 
+def _time_fit_steps(phases: Phases) -> None:
+    """Make `phases` switch at the warm start and the training loop inside ``flowvi.fit`` (see `FIT_PHASES`)."""
+    import flowvi.reverse_kl as reverse_kl
+
+    def between(inner, before: str, after: str):
+        def timed(*args, **kwargs):
+            phases.next(before)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                phases.next(after)
+        return timed
+
+    reverse_kl._warm_start = between(reverse_kl._warm_start, "fit: warm start", "fit: setup")
+    reverse_kl._train = between(reverse_kl._train, "fit: train", "fit: after")
+
+
 def flowvi_worker(a: argparse.Namespace) -> dict:
     """Import, target, fit, draws, diagnostics, export of one model with flowvi's defaults."""
     import jax
@@ -141,6 +172,7 @@ def flowvi_worker(a: argparse.Namespace) -> dict:
     phases.next("target")
     module = _load_model(MODELS[a.model])
     target = flowvi.Target.from_numpyro(module.model, *module.args, **module.kwargs)
+    _time_fit_steps(phases)
     phases.next("fit")
     options = {} if a.family == "default" else {"flow": a.family}
     if a.steps:
@@ -266,7 +298,22 @@ def compare_moments(records: list[dict]) -> None:
 
 
 def _seconds(rec: dict, phase: str, kind: str = "compile") -> float:
-    return sum(c["seconds"] for c in rec.get("compiles", []) if c["phase"] == phase and c["kind"] == kind)
+    """Seconds of `kind` events in `phase` (`WHOLE_FIT`: in any of the fit's phases)."""
+    return sum(c["seconds"] for c in rec.get("compiles", []) if _in_phase(c["phase"], phase) and c["kind"] == kind)
+
+
+WHOLE_FIT = "fit*"
+"""The phase name that stands for all of `FIT_PHASES` together."""
+
+
+def _in_phase(name: str, phase: str) -> bool:
+    return name == phase or (phase == WHOLE_FIT and (name == "fit" or name.startswith("fit: ")))
+
+
+def _phase(rec: dict, phase: str) -> float | None:
+    """Wall seconds of `phase` (`WHOLE_FIT`: all of the fit's phases together); None if it never ran."""
+    found = [v for k, v in rec["phases"].items() if _in_phase(k, phase)]
+    return sum(found) if found else None
 
 
 def table(records: list[dict]) -> str:
@@ -281,9 +328,8 @@ def table(records: list[dict]) -> str:
             if r["status"] != "ok":
                 lines.append(f"| {r['label']} | {r['total']:.1f} | {r['status']} |" + " |" * 11)
                 continue
-            ph = r["phases"]
-            cell = lambda name, ph=ph: f"{ph[name]:.2f}" if name in ph else ""  # noqa: E731
-            fit = f"{ph['fit']:.2f} ({_seconds(r, 'fit'):.2f})"
+            cell = lambda name, r=r: "" if _phase(r, name) is None else f"{_phase(r, name):.2f}"  # noqa: E731
+            fit = f"{_phase(r, WHOLE_FIT):.2f} ({_seconds(r, WHOLE_FIT):.2f})"
             check = (f"{r['verdict']}, k-hat {r['k_hat']:.2f}" if r["method"] == "flowvi" else
                      f"R-hat {r['max_rhat']:.3f}, ESS {r['min_ess']:.0f}, {r['divergences']} div.")
             compiles = [c for c in r["compiles"] if c["kind"] == "compile"]
@@ -300,6 +346,29 @@ def table(records: list[dict]) -> str:
                 lines.append(f"{r['label']}, largest compilations: " + ", ".join(
                     f"{c['name']} ({c['phase']}) {c['seconds']:.2f} s" for c in top[:8]))
         lines.append("")
+    return "\n".join(lines)
+
+
+def profile(records: list[dict]) -> str:
+    """Markdown: where each flowvi run's time goes (wall s; compile s inside it), beside NUTS's total."""
+    head = ["model", "run", "total", "import", *(title for _, title in FIT_PHASES), "fit: compiling",
+            "steps", "ms/step", "draws+diagnose+export", "NUTS total (most chains)", "flowvi / NUTS"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in records:
+        if r["method"] != "flowvi" or r["status"] != "ok":
+            continue
+        nuts = [n for n in records if n["model"] == r["model"] and n["method"] == "nuts" and n["status"] == "ok"
+                and n["cache"] == "cold"]
+        ref = max(nuts, key=lambda n: n["chains"])["total"] if nuts else float("nan")
+        cells = []
+        for phase, _ in FIT_PHASES:
+            wall, compiling = r["phases"].get(phase, 0.0), _seconds(r, phase)
+            cells.append(f"{wall:.1f}" + (f" ({compiling:.1f})" if compiling >= 0.05 else ""))
+        train = r["phases"].get("fit: train", 0.0) - _seconds(r, "fit: train")
+        rest = sum(r["phases"].get(k, 0.0) for k in ("draws", "diagnose", "export"))
+        lines.append(f"| {r['model']} | {r['label']} | {r['total']:.1f} | {r['phases'].get('import', 0.0):.1f} | "
+                     + " | ".join(cells) + f" | {_seconds(r, WHOLE_FIT):.1f} | {r['steps']} | "
+                     f"{1000 * train / max(r['steps'], 1):.2f} | {rest:.1f} | {ref:.1f} | {r['total'] / ref:.2f} |")
     return "\n".join(lines)
 
 
@@ -342,7 +411,7 @@ def main(argv=None) -> dict:
     path = out_dir / f"latency-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"meta": meta, "runs": records}, indent=1))
     text = (f"# Time to the first answer ({meta['backend']}, {meta['cpus']} CPUs, jax {meta['jax']}, "
-            f"{meta['time']})\n\n" + table(records))
+            f"{meta['time']})\n\n" + table(records) + "\n## Where flowvi's time goes\n\n" + profile(records) + "\n")
     path.with_suffix(".md").write_text(text)
     print("\n" + text + f"\nwrote {path} and {path.with_suffix('.md')}", flush=True)
     return {"meta": meta, "runs": records}
