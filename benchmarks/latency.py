@@ -197,7 +197,6 @@ def nuts_worker(a: argparse.Namespace) -> dict:
 
     phases = Phases(jax)
     import numpy as np
-    import numpyro
     from numpyro.diagnostics import summary
     from numpyro.infer import MCMC, NUTS
 
@@ -221,8 +220,7 @@ def nuts_worker(a: argparse.Namespace) -> dict:
     rhat = max(float(np.nanmax(s["r_hat"])) for s in stats.values())
     ess = min(float(np.nanmin(s["n_eff"])) for s in stats.values())
     out = phases.report()
-    sites = [k for k, site in numpyro.handlers.trace(numpyro.handlers.seed(module.model, 0)).get_trace(
-        *module.args, **module.kwargs).items() if site["type"] == "sample" and not site["is_observed"]]
+    sites = list(samples)  # (tracing the model to list them would sample it, which an improper prior cannot do)
     return {**out, "chains": a.num_chains, "chain_method": mcmc.chain_method, "max_rhat": rhat, "min_ess": ess,
             "divergences": int(np.sum(mcmc.get_extra_fields()["diverging"])), "moments": _moments(samples, sites)}
 
@@ -367,7 +365,7 @@ def table(records: list[dict]) -> str:
 
 def profile(records: list[dict]) -> str:
     """Markdown: where each flowvi run's time goes (wall s; compile s inside it), beside NUTS's total."""
-    head = ["model", "run", "total", "import", *(title for _, title in FIT_PHASES), "fit: compiling",
+    head = ["model", "run", "total", "import", "target", *(title for _, title in FIT_PHASES), "fit: compiling",
             "steps", "ms/step", "draws+diagnose+export", "NUTS total (most chains)", "flowvi / NUTS"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in records:
@@ -383,6 +381,7 @@ def profile(records: list[dict]) -> str:
         train = r["phases"].get("fit: train", 0.0) - _seconds(r, "fit: train")
         rest = sum(r["phases"].get(k, 0.0) for k in ("draws", "diagnose", "export"))
         lines.append(f"| {r['model']} | {r['label']} | {r['total']:.1f} | {r['phases'].get('import', 0.0):.1f} | "
+                     f"{r['phases'].get('target', 0.0):.1f} | "
                      + " | ".join(cells) + f" | {_seconds(r, WHOLE_FIT):.1f} | {r['steps']} | "
                      f"{1000 * train / max(r['steps'], 1):.2f} | {rest:.1f} | {ref:.1f} | {r['total'] / ref:.2f} |")
     return "\n".join(lines)
