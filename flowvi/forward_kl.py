@@ -19,30 +19,49 @@ from flowvi.flows import FAMILIES, Flow, make_flow, resolve_flow, standardised, 
 from flowvi.host_loop import TrainingLoop
 from flowvi.objectives import negative_log_likelihood
 from flowvi.posterior import Posterior
-from flowvi.schedules import default_optimizer
+from flowvi.schedules import choose_optimizer
 from flowvi.training import guarded_step, init_state
 from flowvi.validation import as_key, check_bool, check_positive_float, check_positive_int
 
-FIT_SAMPLES_OPTIONS = ("flow", "key", "max_epochs", "patience", "batch_size", "learning_rate", "optimizer",
+FIT_SAMPLES_OPTIONS = ("flow", "key", "context", "max_epochs", "patience", "batch_size", "learning_rate", "optimizer",
                        "validation_fraction", "progress", "max_bad_streak")
 
 
 def check_data(data) -> np.ndarray:
     """Require a finite 2-D float array ``(n, dim)``."""
-    try:
-        arr = np.asarray(data, dtype=float)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"data must be a numeric array of shape (n, dim): {err}") from None
+    arr = _float_array("data", data, "(n, dim)")
     if arr.ndim != 2:
         raise ValueError(f"data must be 2-D with shape (n, dim), got shape {arr.shape}.")
     if arr.shape[0] < 2 or arr.shape[1] < 1:
         raise ValueError(f"data needs at least 2 rows and 1 column, got shape {arr.shape}.")
+    _check_finite_rows("data", arr, "; remove or impute them first.")
+    return arr
+
+
+def check_context_rows(context, n: int) -> np.ndarray:
+    """Require a finite float array ``(n, context_dim)`` (or ``(n,)``, one column): one context per row of the data."""
+    arr = _float_array("context", context, "(n, context_dim)")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] < 1:
+        raise ValueError(f"context must have shape ({n}, context_dim), one row per row of data, got {arr.shape}.")
+    _check_finite_rows("context", arr, ".")
+    return arr
+
+
+def _float_array(name: str, value, shape: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a numeric array of shape {shape}: {err}") from None
+
+
+def _check_finite_rows(name: str, arr: np.ndarray, advice: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
-        raise ValueError(f"data holds {int(bad.sum())} NaN/inf value(s), in rows {rows[:5].tolist()}"
-                         f"{'...' if rows.size > 5 else ''}; remove or impute them first.")
-    return arr
+        raise ValueError(f"{name} holds {int(bad.sum())} NaN/inf value(s), in rows {rows[:5].tolist()}"
+                         f"{'...' if rows.size > 5 else ''}{advice}")
 
 
 def data_moments(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +125,7 @@ def _mean_nll(flow: Flow, params, data: jax.Array) -> jax.Array:
     return negative_log_likelihood(params, data, flow)
 
 
-def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: int = 100,
+def fit_samples(data, *, key: jax.Array, context=None, flow: str | Flow = "maf", max_epochs: int = 100,
                 patience: int | None = 10, batch_size: int = 256, learning_rate: float = 1e-3,
                 optimizer: optax.GradientTransformation | None = None, validation_fraction: float = 0.1,
                 progress: bool | None = None, max_bad_streak: int = 20, **flow_hyperparameters) -> Posterior:
@@ -119,7 +138,10 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     rows' moments, in float64) and returned followed by the fixed map
     ``x = mean + sd * z`` (`flowvi.flows.base.standardised`): the untrained flow
     has the data's mean and sd, for columns of any finite scale and either
-    orientation. Families whose density at a new point is not one pass
+    orientation. With ``context`` the flow is conditional, ``q(x | c)``: its
+    conditioners take the context (standardised the same way), and the result's
+    `Posterior.sample`, `Posterior.log_prob` and `Posterior.given` take a
+    ``context=``. Families whose density at a new point is not one pass
     (``iaf``, ``bnaf``) are used inverted (data to noise, ``inverted=True``), so
     training costs one pass per batch; sampling them then costs what their
     inverse costs.
@@ -127,6 +149,8 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     Args:
         data: array ``(n, dim)``, finite, no constant column.
         key: PRNG key; the same key gives the same fit.
+        context: ``(n, context_dim)`` finite, the context of each row (conditional density
+            estimation: e.g. simulated parameters beside their data summaries); None for ``q(x)``.
         flow: family name or `flowvi.flows.Flow` (default ``"maf"``: one-pass density).
         max_epochs: maximum passes over the training rows.
         patience: epochs without held-out improvement before stopping (None: never).
@@ -153,10 +177,20 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     key = as_key(key)
     data = check_data(data)
     n, dim = data.shape
+    context = None if context is None else check_context_rows(context, n)
+    context_dim = 0 if context is None else context.shape[1]
+    if isinstance(flow, str) and context_dim:
+        if flow_hyperparameters.get("context_dim", context_dim) != context_dim:
+            raise ValueError(f"context_dim={flow_hyperparameters['context_dim']!r} was given, but context has "
+                             f"{context_dim} columns.")
+        flow_hyperparameters["context_dim"] = context_dim
     if isinstance(flow, str) and flow in FAMILIES and "inverted" not in flow_hyperparameters:
         # Orient the flow so the density of data is one pass (data -> noise).
         flow_hyperparameters["inverted"] = make_flow(flow, dim, **flow_hyperparameters).inverse_cost != "one pass"
     flow = resolve_flow(flow, dim, flow_hyperparameters, FIT_SAMPLES_OPTIONS)
+    if flow.context_dim != context_dim:
+        raise ValueError(f"flow has context_dim={flow.context_dim} but context has {context_dim} columns"
+                         f"{' (no context was given)' if context is None else ''}.")
     if flow.inverse_cost == "numerical":
         raise ValueError(f"flow={flow.name!r} evaluates densities by numerical root finding, which has no "
                          "useful gradient; fit samples with flow='bnaf' (oriented automatically) or "
@@ -175,10 +209,7 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     if not validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}.")
     custom_optimizer = optimizer is not None
-    if optimizer is None:
-        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate), decay=False)
-    elif not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+    optimizer = choose_optimizer(optimizer, learning_rate, decay=False)
 
     split_key, init_key, epoch_key = jax.random.split(key, 3)
     order = np.asarray(jax.random.permutation(split_key, n))
@@ -188,6 +219,15 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
                          "and train on at least 2.")
     mean, sd = data_moments(data[order[n_val:]])
     val, train = standardise(data[order[:n_val]], mean, sd), standardise(data[order[n_val:]], mean, sd)
+    context_moments = (None, None)
+    if context is not None:
+        # The conditioners see the standardised context; its rows travel with the data's.
+        c_mean = context[order[n_val:]].mean(axis=0)
+        c_sd = context[order[n_val:]].std(axis=0)
+        c_sd = np.where(c_sd > 0, c_sd, 1.0)  # a constant context column is harmless: it is centred to 0
+        context_moments = (c_mean, c_sd)
+        val = jnp.concatenate([val, standardise(context[order[:n_val]], c_mean, c_sd)], axis=1)
+        train = jnp.concatenate([train, standardise(context[order[n_val:]], c_mean, c_sd)], axis=1)
     # NLL of x = NLL of z + sum(log sd): the log-determinant of the fixed standardising map.
     log_det = float(np.sum(np.log(sd)))
     config = _ForwardKLConfig(flow, optimizer, min(batch_size, train.shape[0]), max_bad_streak)
@@ -224,14 +264,15 @@ def fit_samples(data, *, key: jax.Array, flow: str | Flow = "maf", max_epochs: i
     reason = loop.reasons[0]
     _warn_about_training(reason, int(state.skipped), int(state.step), val_losses)
     result_flow = standardised(flow)
-    best_params = with_standardisation(best_params, mean, sd)
+    best_params = with_standardisation(best_params, mean, sd, *context_moments)
     return Posterior(
         flow=result_flow, params=jax.tree.map(lambda a: a[None], best_params), target=None,
         losses=np.asarray(train_losses), stop_reasons=[reason], steps_run=np.array([len(train_losses)]),
         skipped_steps=np.array([int(state.skipped)]), fit_seconds=time.perf_counter() - start,
         settings={"objective": "forward_kl", "max_epochs": max_epochs, "batch_size": config.batch_size,
                   "learning_rate": None if custom_optimizer else learning_rate, "patience": patience,
-                  "validation_fraction": validation_fraction, "num_runs": 1, "best_epoch": best_epoch},
+                  "validation_fraction": validation_fraction, "num_runs": 1, "best_epoch": best_epoch,
+                  "context_dim": context_dim},
         validation_losses=np.asarray(val_losses))
 
 

@@ -111,6 +111,9 @@ def save(post: Any, path: str | os.PathLike) -> None:
     if post.flow.name not in FAMILIES:
         raise ValueError(f"cannot save a fit of a custom flow named {post.flow.name!r}; "
                          f"only the families {', '.join(FAMILIES)} can be rebuilt on load.")
+    if "given_context" in post.flow.options:
+        raise ValueError("cannot save a conditional fit held at one context (post.given(c)); save the "
+                         "conditional fit itself and call given(c) after loading it.")
     leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(post.params)]
     bad = sum(int(leaf.size - np.count_nonzero(np.isfinite(leaf))) for leaf in leaves)
     if bad:
@@ -135,7 +138,7 @@ def save(post: Any, path: str | os.PathLike) -> None:
         arrays["validation_losses"] = np.asarray(post.validation_losses)
     if weights is not None:
         arrays["mixture_weights"] = np.asarray(weights, dtype=np.float64)
-    if post.target is not None:
+    if post.target is not None and not post.flow.context_dim:  # a conditional target needs a context
         fingerprint = _fingerprint(post)
         if fingerprint is not None:
             arrays["fingerprint_x"], arrays["fingerprint_log_p"] = fingerprint

@@ -54,22 +54,27 @@ def apply_mlp(layers: list[dict], x: jax.Array, masks: Sequence[jax.Array] | Non
     return h
 
 
-def made_masks(dim: int, hidden: Sequence[int], out_per_dim: int) -> list[np.ndarray]:
+def made_masks(dim: int, hidden: Sequence[int], out_per_dim: int, context_dim: int = 0) -> list[np.ndarray]:
     """Masks for a MADE network (Germain et al. 2015) with natural input order.
 
     Output block ``i`` (``out_per_dim`` units for input coordinate ``i``) sees
-    only inputs ``0..i-1``, so the network is autoregressive.
+    only inputs ``0..i-1``, so the network is autoregressive. With
+    ``context_dim > 0`` the network's input is ``(x, context)``: the context
+    inputs have degree 0 and every output block may see them (through hidden
+    units of degree 0, which see the context alone, and all others).
 
     Returns:
         One 0/1 ``float32`` mask ``(n_in, n_out)`` per layer. The output layer's
         columns are ordered coordinate-major: column ``i * out_per_dim + k``.
     """
     degrees_in = np.arange(1, dim + 1)
-    degrees = [degrees_in]
+    degrees = [np.concatenate([degrees_in, np.zeros(context_dim, int)])]
     for width in hidden:
-        # Hidden degrees cycle through 1..dim-1 so every conditional has capacity.
-        span = max(dim - 1, 1)
-        degrees.append(np.arange(width) % span + 1)
+        # Hidden degrees cycle through 1..dim-1 so every conditional has capacity (0..dim-1 with a
+        # context, so that the first coordinate's transform can depend on it).
+        low = 0 if context_dim else 1
+        span = max(dim - low, 1)
+        degrees.append(np.arange(width) % span + low)
     masks = [(d_out[None, :] >= d_in[:, None]).astype(np.float32)
              for d_in, d_out in zip(degrees[:-1], degrees[1:], strict=True)]
     d_out = np.repeat(degrees_in, out_per_dim)

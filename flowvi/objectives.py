@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from flowvi.flows import Flow
+from flowvi.validation import check_choice
 
 ESTIMATORS = ("reparam", "stl")
 SUPPORT_PRICE = 4.0
@@ -23,6 +24,23 @@ outside (measured: 6% at price 0.5, 0.3% at 4, 0.2% at 9, for a spline IAF on a 
 enough to keep the score-function term's noise moderate."""
 # fold_in constant that turns a step's key into its minibatch key (the draws use the key itself).
 DATA_STREAM = 0x0DA7A
+
+
+def check_reverse_kl_flow(flow: Flow, estimator: str) -> None:
+    """Refuse a flow that cannot be trained by reverse KL with `estimator` (after checking its name).
+
+    Raises:
+        ValueError: an unknown estimator; a flow that samples by root finding (no
+            reparameterisation gradient); ``"stl"`` with a flow whose ``log_prob`` is not one pass.
+    """
+    check_choice("estimator", estimator, ESTIMATORS)
+    if flow.sample_cost == "numerical":
+        raise ValueError(f"flow={flow.name!r} is inverted: it samples by numerical root finding, which "
+                         "gives no reparameterisation gradient. Use it with fit_samples, or without inverted=True.")
+    if estimator == "stl" and flow.inverse_cost != "one pass":
+        raise ValueError(f"estimator='stl' needs a flow whose log_prob at a new point is one pass; "
+                         f"flow={flow.name!r} inverts with {flow.inverse_cost} passes. "
+                         "Use 'reparam', or one of gaussian, affine_coupling, spline_coupling, maf.")
 
 
 def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num_samples: int,
@@ -187,5 +205,11 @@ def _constrain(u: jax.Array, sharding: jax.sharding.Sharding | None) -> jax.Arra
 
 
 def negative_log_likelihood(params, batch: jax.Array, flow: Flow) -> jax.Array:
-    """Mean negative log density of ``batch: (n, dim)`` under the flow (forward KL up to a constant)."""
+    """Mean negative log density of ``batch: (n, dim)`` under the flow (forward KL up to a constant).
+
+    For a conditional flow ``batch: (n, dim + context_dim)``: each row is a point and then its
+    context, and the loss is the mean of ``-log q(x_i | c_i)``.
+    """
+    if flow.context_dim:
+        return -jnp.mean(flow.apply(params, batch[:, flow.dim:]).log_prob(batch[:, :flow.dim]))
     return -jnp.mean(flow.apply(params).log_prob(batch))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi import diagnostics, io, mixture
+from flowvi.conditional import at_context, at_context_params, check_context, sample_pairs, target_at
 from flowvi.flows import Flow
 from flowvi.objectives import base_draws, push_forward
 from flowvi.target import Target
@@ -41,9 +42,11 @@ _first_run = jax.jit(lambda tree: jax.tree.map(lambda a: a[0], tree))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _log_prob_runs(flow: Flow, params, x: jax.Array) -> jax.Array:
-    """Log q_r(x) for every run r: (runs, n)."""
-    return jax.vmap(lambda p: flow.apply(p).log_prob(x))(params)
+def _log_prob_runs(flow: Flow, params, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+    """Log q_r(x) of every run r: (runs, n); or log q_r(x | context), context (context_dim,) or (n, context_dim)."""
+    if context is None:
+        return jax.vmap(lambda p: flow.apply(p).log_prob(x))(params)
+    return jax.vmap(lambda p: flow.apply(p, context).log_prob(x))(params)
 
 
 @dataclasses.dataclass
@@ -94,6 +97,43 @@ class Posterior:
     def num_runs(self) -> int:
         """Number of independent runs held."""
         return int(jax.tree.leaves(self.params)[0].shape[0])
+
+    @property
+    def context_dim(self) -> int:
+        """Size of the context of a conditional fit (0: unconditional); see `given`."""
+        return self.flow.context_dim
+
+    def given(self, context) -> Posterior:
+        """The conditional fit at one context: an unconditional `Posterior` of ``q(x | context)``.
+
+        Everything an unconditional fit does works on it (`sample`, `log_prob`,
+        `diagnose`, `to_arviz`, `sample_posterior`); an amortised fit's target
+        becomes ``x -> log p~(x | context)``. The context is an array in its
+        parameters, so a new context compiles nothing new. ``settings["context"]``
+        records it. It cannot be saved (save the conditional fit).
+
+        Args:
+            context: ``(context_dim,)``.
+
+        Raises:
+            ValueError: an unconditional fit, or a context of another shape or with NaN/inf.
+        """
+        context = check_context(context, self.context_dim)
+        if context.ndim != 1:
+            raise ValueError(f"given() takes one context of shape ({self.context_dim},), got {context.shape}; "
+                             "for one context per draw or point use sample(..., context=) or log_prob(..., context=).")
+        return dataclasses.replace(
+            self, flow=at_context(self.flow), params=at_context_params(self.params, context),
+            target=None if self.target is None else target_at(self.target, context),
+            settings={**self.settings, "context": np.asarray(context, np.float64).tolist()})
+
+    def _given_one(self, context, what: str) -> Posterior:
+        """`given` for methods that work at one context (`diagnose`, `to_arviz`)."""
+        context = check_context(context, self.context_dim)
+        if context.ndim != 1:
+            raise ValueError(f"{what} works at one context: pass context of shape ({self.context_dim},), got "
+                             f"{context.shape}.")
+        return self.given(context)
 
     @property
     def is_mixture(self) -> bool:
@@ -253,12 +293,15 @@ class Posterior:
         """
         return _sample_runs(self.flow, self.params, check_positive_int("num_draws", num_draws), as_key(key))
 
-    def sample_and_log_prob(self, key: jax.Array, num_draws: int) -> tuple[jax.Array, jax.Array]:
+    def sample_and_log_prob(self, key: jax.Array, num_draws: int, context=None) -> tuple[jax.Array, jax.Array]:
         """Draws and their log density under the posterior.
 
         Args:
             key: one PRNG key (`jax.random.key`).
             num_draws: positive int.
+            context: a conditional fit's context (required there, refused otherwise):
+                ``(context_dim,)`` for every draw, or ``(num_draws, context_dim)``, one per draw
+                (one-run fits); ``log_q`` is then ``log q(x | context)``.
 
         Returns:
             ``x: (num_draws, dim)``, ``log_q: (num_draws,)``. With several runs the
@@ -267,6 +310,14 @@ class Posterior:
             (which needs each run's inverse: slow for ``iaf`` and ``bnaf``).
         """
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
+        if self.context_dim or context is not None:
+            context = check_context(context, self.context_dim, num_draws)
+            if context.ndim == 1:
+                return self.given(context).sample_and_log_prob(key, num_draws)
+            if self.num_runs != 1:
+                raise ValueError(f"one context per draw needs a one-run fit; this one has {self.num_runs} runs "
+                                 "(use post.run(i)).")
+            return sample_pairs(self.flow, _first_run(self.params), key, context)
         if self.num_runs == 1:
             return _first_run(self.sample_runs(key, num_draws))
         if self.is_mixture:
@@ -307,14 +358,16 @@ class Posterior:
         x = x_runs[jnp.asarray(run), jnp.asarray(within)]
         return x, self.log_prob(x), run
 
-    def sample(self, key: jax.Array, num_draws: int) -> jax.Array:
+    def sample(self, key: jax.Array, num_draws: int, context=None) -> jax.Array:
         """``num_draws`` draws, shape ``(num_draws, dim)``.
 
         Args:
             key: one PRNG key (`jax.random.key`); an int seed or a batch of keys is refused.
             num_draws: positive int.
+            context: a conditional fit's context, ``(context_dim,)`` or ``(num_draws, context_dim)``
+                (see `sample_and_log_prob`).
         """
-        return self.sample_and_log_prob(key, num_draws)[0]
+        return self.sample_and_log_prob(key, num_draws, context)[0]
 
     def sample_posterior(self, key: jax.Array, num_draws: int, target: Target | None = None) -> dict:
         """Draws as named, constrained arrays: ``target.constrain(self.sample(key, num_draws))``.
@@ -350,16 +403,20 @@ class Posterior:
                              "model arguments the fit used, or refit.")
         return target.constrain(self.sample(key, num_draws))
 
-    def log_prob(self, x: jax.Array) -> jax.Array:
+    def log_prob(self, x: jax.Array, context=None) -> jax.Array:
         """Log density of ``x: (n, dim)`` -> ``(n,)`` (or ``(dim,)`` -> scalar); ``x`` real (ints are cast).
 
         With several runs, the mixture's: ``logsumexp_r(log w_r + log q_r(x))``
-        with `run_weights` (equal unless a `mixture`).
+        with `run_weights` (equal unless a `mixture`). A conditional fit needs
+        ``context``: ``(context_dim,)`` for every point, or ``(n, context_dim)``, one
+        per point; the result is ``log q(x | context)``.
         """
         x = check_array("x", x)
         if x.shape[-1:] != (self.dim,) or x.ndim not in (1, 2):
             raise ValueError(f"x must have shape (n, {self.dim}) or ({self.dim},), got {x.shape}.")
-        per_run = _log_prob_runs(self.flow, self.params, jnp.atleast_2d(x))
+        if self.context_dim or context is not None:
+            context = check_context(context, self.context_dim, x.shape[0] if x.ndim == 2 else 1)
+        per_run = _log_prob_runs(self.flow, self.params, jnp.atleast_2d(x), context)
         if self.is_mixture:
             with np.errstate(divide="ignore"):
                 log_w = jnp.asarray(np.log(self.run_weights), per_run.dtype)
@@ -388,7 +445,7 @@ class Posterior:
         return (f"Posterior(flow={self.flow.name!r}, dim={self.dim}, num_runs={self.num_runs}{weights}, "
                 f"steps_run={self.steps_run.tolist()}, stop_reason={self.stop_reason!r})")
 
-    def diagnose(self, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 100):
+    def diagnose(self, key: jax.Array, num_draws: int = 4000, *, iw_k: int | None = 100, context=None):
         """How good the fit is: ELBO, log Z estimate, Pareto k-hat, importance ESS, R-hat across runs.
 
         See `flowvi.diagnostics.diagnose`; ``num_draws`` is per run. With several
@@ -400,26 +457,35 @@ class Posterior:
             key: one PRNG key.
             num_draws: positive int, draws per run.
             iw_k: positive int, draws per importance-weighted bound estimate; None skips the bound.
+            context: for an amortised fit (`flowvi.fit` with ``contexts=``), the context
+                ``(context_dim,)`` to diagnose ``q(x | context)`` at, against ``p~(x | context)``.
 
         Returns:
             `flowvi.diagnostics.Diagnostics`; ``print`` it for a table and a verdict.
         """
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         iw_k = check_optional_positive_int("iw_k", iw_k)
+        if self.context_dim or context is not None:
+            return self._given_one(context, "diagnose").diagnose(key, num_draws, iw_k=iw_k)
         return diagnostics.diagnose(self, key, num_draws, iw_k=iw_k)
 
     def to_arviz(self, key: jax.Array, num_draws: int = 1000, *, resample: bool = False, var_name: str = "x",
                  dims: dict | None = None, coords: dict | None = None, log_likelihood: bool = True,
-                 posterior_predictive: bool = False, diagnostics=None):
+                 posterior_predictive: bool = False, diagnostics=None, context=None):
         """Draws as ArviZ data, chain = run; see `flowvi.arviz.to_arviz`.
 
         With the key and `num_draws` given to `diagnose`, the draws are the ones
         it diagnosed; pass its result as `diagnostics` to record it unchanged.
+        A conditional fit exports ``q(x | context)`` at one ``context: (context_dim,)``.
 
         Returns:
             ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
         """
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
+        if self.context_dim or context is not None:
+            return self._given_one(context, "to_arviz").to_arviz(
+                key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
+                log_likelihood=log_likelihood, posterior_predictive=posterior_predictive, diagnostics=diagnostics)
         from flowvi.arviz import to_arviz  # the ArviZ adapter, loaded on first use
         return to_arviz(self, key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
                         log_likelihood=log_likelihood, posterior_predictive=posterior_predictive,

@@ -16,15 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flowvi.amortised import fit_amortised
 from flowvi.control_variates import check_control_variates, choose_order, with_control_variates
 from flowvi.data_target import DataSpec
 from flowvi.escalation import fit_escalating
 from flowvi.flows import Flow, resolve_flow, whitened, with_final_affine, with_whitening
 from flowvi.flows.base import identity_whitening
 from flowvi.host_loop import TrainingLoop, ended_worse_than_start, ran_away_downwards
-from flowvi.objectives import DATA_STREAM, ESTIMATORS, negative_elbo
+from flowvi.objectives import DATA_STREAM, check_reverse_kl_flow, negative_elbo
 from flowvi.posterior import Posterior
-from flowvi.schedules import default_optimizer, has_rate_factor, with_horizon, with_rate_factor
+from flowvi.schedules import choose_optimizer, has_rate_factor, with_horizon, with_rate_factor
 from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
 from flowvi.stopping import ConvergenceRule
 from flowvi.subsampling import AUTO, check_subsample, choose_subsample, cv_readiness, full_step_flops
@@ -114,7 +115,7 @@ def _states(optimizer: optax.GradientTransformation, params, steps: jax.Array):
 
 FIT_OPTIONS = ("dim", "flow", "steps", "max_steps", "init", "num_samples", "learning_rate", "optimizer",
                "estimator", "patience", "progress", "num_runs", "key", "names", "max_bad_streak", "chunk_size",
-               "mesh", "subsample", "control_variates", "init_spread", "time_budget")
+               "mesh", "subsample", "control_variates", "init_spread", "time_budget", "contexts", "num_contexts")
 
 
 def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, flow: str | Flow | None = None,
@@ -125,7 +126,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         names: list[str] | None = None, max_bad_streak: int = 20, chunk_size: int = DEFAULT_CHUNK,
         mesh: jax.sharding.Mesh | None = None, subsample: int | str | None = "auto",
         control_variates: bool | str = "auto", init_spread: float = 1.0,
-        time_budget: float | None = None, **flow_hyperparameters) -> Posterior:
+        time_budget: float | None = None, contexts=None, num_contexts: int = 16,
+        **flow_hyperparameters) -> Posterior:
     """Fit a normalising flow to an unnormalised density by maximising the ELBO (reverse KL).
 
     Args:
@@ -237,6 +239,15 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             ``post.settings["control_variates"]`` says what was used.
         time_budget: with ``flow="auto"``, seconds after which no further stage
             is started (None: no limit).
+        contexts: amortised fit of a family of targets (`flowvi.amortised`): ``(m,
+            context_dim)`` training contexts, or a callable ``key -> (batch, context_dim)``;
+            the target's ``log_density(x, c)`` then takes a context, and the result is one
+            conditional flow ``q(x | c)`` (``post.given(c)``, ``post.sample(key, n, context=c)``,
+            ``post.diagnose(key, context=c)``). Each step uses `num_contexts` contexts with
+            `num_samples` draws each. Not with ``flow="auto"``, ``init=<Posterior>``, several
+            runs, ``mesh``, ``subsample`` or ``time_budget``; there is no Gaussian warm start.
+        num_contexts: contexts drawn (uniformly, with replacement) from `contexts` per step;
+            a sampler's batch size replaces it.
         **flow_hyperparameters: passed to the flow family, e.g. ``layers=4``.
 
     Returns:
@@ -270,6 +281,20 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     """
     key = as_key(key)
     target = as_target(target, dim, names)
+    if contexts is not None:
+        given = {"flow='auto'": isinstance(flow, str) and flow == "auto", "init=<Posterior>": not isinstance(init, str),
+                 "num_runs > 1": num_runs != 1, "mesh": mesh is not None, "time_budget": time_budget is not None,
+                 "subsample": subsample not in (None, AUTO), "control_variates=True": control_variates is True}
+        refused = [name for name, on in given.items() if on]
+        if refused:
+            raise ValueError(f"an amortised fit (contexts=) does not take {', '.join(refused)}.")
+        if isinstance(init, str):
+            check_choice("init", init, INITS)
+        return fit_amortised(target, contexts, key=key, flow=flow, flow_hyperparameters=flow_hyperparameters,
+                             steps=steps, max_steps=max_steps, num_contexts=num_contexts, num_samples=num_samples,
+                             learning_rate=learning_rate, optimizer=optimizer, estimator=estimator,
+                             patience=patience, progress=progress, max_bad_streak=max_bad_streak,
+                             chunk_size=chunk_size, options=FIT_OPTIONS, train=_train, init_states=_states)
     if time_budget is not None:
         time_budget = check_positive_float("time_budget", time_budget)
         if flow != "auto":
@@ -292,21 +317,11 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     num_runs = check_positive_int("num_runs", num_runs)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     max_bad_streak = check_positive_int("max_bad_streak", max_bad_streak)
-    check_choice("estimator", estimator, ESTIMATORS)
-    if flow.sample_cost == "numerical":
-        raise ValueError(f"flow={flow.name!r} is inverted: it samples by numerical root finding, which "
-                         "gives no reparameterisation gradient. Use it with fit_samples, or without inverted=True.")
-    if estimator == "stl" and flow.inverse_cost != "one pass":
-        raise ValueError(f"estimator='stl' needs a flow whose log_prob at a new point is one pass; "
-                         f"flow={flow.name!r} inverts with {flow.inverse_cost} passes. "
-                         "Use 'reparam', or one of gaussian, affine_coupling, spline_coupling, maf.")
+    check_reverse_kl_flow(flow, estimator)
     if patience is not None:
         patience = check_positive_int("patience", patience)
     custom_optimizer = optimizer is not None
-    if optimizer is None:
-        optimizer = default_optimizer(check_positive_float("learning_rate", learning_rate))
-    elif not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+    optimizer = choose_optimizer(optimizer, learning_rate)
     mesh = check_mesh(mesh)
     subsample = check_subsample(subsample)
     auto_subsample = subsample == AUTO
@@ -520,12 +535,15 @@ def _place_data(spec: DataSpec | None, layout: Layout | None):
 
 
 def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int | None,
-           progress: bool | None, num_runs: int, data=None, rule: ConvergenceRule | None = None):
+           progress: bool | None, num_runs: int, data=None, rule: ConvergenceRule | None = None,
+           run_chunk: Callable = None):
     """Host loop over compiled chunks; returns final states, per-run loss and skipped-step traces, stop reasons.
 
     With a `rule` (``steps=None``), `steps` is the cap, and the rule stops runs
-    and lowers their rates between chunks.
+    and lowers their rates between chunks. `run_chunk` is `_run_chunk` unless
+    given (`flowvi.amortised.run_chunk`, with the same signature).
     """
+    run_chunk = _run_chunk if run_chunk is None else run_chunk
     traces: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
     skips: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
     total = jnp.asarray(steps, jnp.int32)
@@ -534,7 +552,7 @@ def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int
     lowered = False
     with TrainingLoop("flowvi.fit", num_runs, steps, "step", patience, progress, done) as loop:
         while loop.active.any():
-            states, info = _run_chunk(config, states, run_keys, total, jnp.asarray(loop.active), data)
+            states, info = run_chunk(config, states, run_keys, total, jnp.asarray(loop.active), data)
             loss, ran, skipped, step, halted = to_host((info.loss, info.ran, info.skipped, states.step,
                                                         states.halted))
             for r in np.flatnonzero(loop.active):

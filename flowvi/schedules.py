@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from flowvi.validation import check_positive_float
+
 CLIP_NORM = 10.0
 """Global-norm clipping threshold of the default optimiser."""
 
@@ -33,6 +35,20 @@ def default_optimizer(learning_rate: float, decay: bool = True) -> optax.Gradien
     """
     scale = scale_by_cosine_decay(learning_rate) if decay else optax.scale(-learning_rate)
     return optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.scale_by_adam(), scale)
+
+
+def choose_optimizer(optimizer, learning_rate, decay: bool = True) -> optax.GradientTransformation:
+    """`optimizer` if given (an optax GradientTransformation), else `default_optimizer` at `learning_rate`.
+
+    Raises:
+        TypeError: `optimizer` is not a GradientTransformation.
+        ValueError: no `optimizer` and a `learning_rate` that is not a positive float.
+    """
+    if optimizer is None:
+        return default_optimizer(check_positive_float("learning_rate", learning_rate), decay=decay)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}.")
+    return optimizer
 
 
 class CosineDecayState(NamedTuple):

@@ -1,5 +1,5 @@
-"""Every family's bijector, plain and inverted: log|det J| against jax.jacfwd (float64) in both
-directions, inverse round trips, identity initialisation."""
+"""Every family's bijector, plain, inverted and conditional: log|det J| against jax.jacfwd (float64)
+in both directions, inverse round trips, identity initialisation."""
 
 import functools
 
@@ -31,12 +31,23 @@ CASES = [
     ("iaf", {"layers": 2, "hidden": (8,), "transformer": "spline", "bins": 4, "inverted": True}),
     ("maf", {"layers": 2, "hidden": (8,), "inverted": True}),
     ("bnaf", {"layers": 2, "block_size": (4,), "inverted": True}),
+    # Every family conditional (each point with its own context), and the two fit_samples inverts.
+    ("gaussian", {"covariance": "diag", "context_dim": 2, "hidden": (8,)}),
+    ("gaussian", {"covariance": "full", "context_dim": 2, "hidden": (8,)}),
+    ("affine_coupling", {"layers": 2, "hidden": (8,), "context_dim": 2}),
+    ("spline_coupling", {"layers": 2, "hidden": (8,), "bins": 4, "context_dim": 2}),
+    ("iaf", {"layers": 2, "hidden": (8,), "context_dim": 2}),
+    ("maf", {"layers": 2, "hidden": (8,), "transformer": "spline", "bins": 4, "context_dim": 2}),
+    ("bnaf", {"layers": 2, "block_size": (4,), "context_dim": 2}),
+    ("iaf", {"layers": 2, "hidden": (8,), "context_dim": 2, "inverted": True}),
+    ("bnaf", {"layers": 2, "block_size": (4,), "context_dim": 2, "inverted": True}),
 ]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw in CASES]
 # An inverted flow at its identity initialisation is the plain one's inverse of the identity: the
 # identity checks below run on the plain flows only.
 PLAIN = [i for i, (_, kw) in enumerate(CASES) if not kw.get("inverted")]
 PLAIN_IDS = [IDS[i] for i in PLAIN]
+CONDITIONAL = [i for i, (_, kw) in enumerate(CASES) if kw.get("context_dim") and not kw.get("inverted")]
 DIM = 3
 
 
@@ -46,40 +57,49 @@ def _random_flow(name, kw, seed=0):
     return flow, params
 
 
-def _log_dets(flow, params, xs):
+def _log_dets(flow, params, xs, contexts):
     """The sampling direction's log|det J| at ``xs`` (batched, by jacfwd, point by point).
 
+    Point ``i`` has context ``contexts[i]`` (a conditional flow; unconditional ones ignore it).
     Where sampling is root finding (inverted bnaf), whose derivative jacfwd cannot see, the
     inverse (one pass) is checked at ``T(xs)`` instead; the round trips tie the two directions.
     """
-    bij = flow.apply(params).bijector
+    def maps(c):
+        bij = flow.apply(params, c).bijector
+        if flow.sample_cost == "numerical":
+            return bij.inverse, bij.inverse_and_log_det
+        return bij.forward, bij.forward_and_log_det
+
     if flow.sample_cost == "numerical":
-        xs = bij.forward(xs)
-        fn, fn_and_log_det = bij.inverse, bij.inverse_and_log_det
-    else:
-        fn, fn_and_log_det = bij.forward, bij.forward_and_log_det
-    _, batched = fn_and_log_det(xs)
-    exact = jax.vmap(lambda x: jnp.linalg.slogdet(jax.jacfwd(fn)(x))[1])(xs)
-    single = jax.vmap(lambda x: fn_and_log_det(x)[1])(xs)
+        xs = flow.apply(params, contexts).bijector.forward(xs)
+    _, batched = maps(contexts)[1](xs)
+    exact = jax.vmap(lambda x, c: jnp.linalg.slogdet(jax.jacfwd(maps(c)[0])(x))[1])(xs, contexts)
+    single = jax.vmap(lambda x, c: maps(c)[1](x)[1])(xs, contexts)
     return batched, exact, single
 
 
-def _round_trip(flow_apply, params, u, key):
-    dist = flow_apply(params)
+def _round_trip(flow_apply, params, u, contexts, key):
+    dist = flow_apply(params, contexts)
     x, fwd_log_det = dist.bijector.forward_and_log_det(u)
     u_back, inv_log_det = dist.bijector.inverse_and_log_det(x)
-    x2, log_q = dist.sample_and_log_prob(seed=key, sample_shape=(6,))
-    return u_back, inv_log_det, fwd_log_det, dist.log_prob(x2), log_q
+    # distrax draws point by point (vmapped), so its sampling takes one context for every draw.
+    one = flow_apply(params, None if contexts is None else contexts[0])
+    x2, log_q = one.sample_and_log_prob(seed=key, sample_shape=(6,))
+    return u_back, inv_log_det, fwd_log_det, one.log_prob(x2), log_q
 
 
 def _everything(flow, params, init_params, inputs, key):
     """All that the four tests below check of one flow, as one program (compiling is their cost)."""
-    out = dict(zip(("log_det", "exact", "single"), _log_dets(flow, params, inputs["xs"]), strict=True))
+    out = dict(zip(("log_det", "exact", "single"), _log_dets(flow, params, inputs["xs"], inputs["c_xs"]),
+                   strict=True))
     out.update(zip(("u_back", "inv_log_det", "fwd_log_det", "log_prob", "log_q"),
-                   _round_trip(flow.apply, params, inputs["u"], key), strict=True))
+                   _round_trip(flow.apply, params, inputs["u"], inputs["c_u"], key), strict=True))
     if not dict(flow.hyperparameters).get("inverted"):
-        out["x_init"], out["log_det_init"] = flow.apply(init_params).bijector.forward_and_log_det(inputs["u_init"])
-        out["x_random"] = flow.apply(params).bijector.forward(inputs["u_guard"])
+        out["x_init"], out["log_det_init"] = flow.apply(init_params, inputs["c_init"]).bijector.forward_and_log_det(
+            inputs["u_init"])
+        out["x_random"] = flow.apply(params, inputs["c_guard"]).bijector.forward(inputs["u_guard"])
+        if inputs["c_guard"] is not None:
+            out["x_other_context"] = flow.apply(params, -inputs["c_guard"]).bijector.forward(inputs["u_guard"])
     return out
 
 
@@ -96,6 +116,12 @@ def _results(case: int) -> dict:
                   "u": jax.random.normal(jax.random.key(2), (6, DIM), jnp.float64),
                   "u_init": jax.random.normal(jax.random.key(5), (7, DIM), jnp.float64),
                   "u_guard": jax.random.normal(jax.random.key(6), (4, DIM), jnp.float64)}
+        # One context per point (None for an unconditional flow, which ignores it).
+        points = {"c_xs": "xs", "c_u": "u", "c_init": "u_init", "c_guard": "u_guard"}
+        k = flow.context_dim
+        inputs.update({c: None if not k else
+                       jax.random.normal(jax.random.key(10 + i), (len(inputs[x]), k), jnp.float64)
+                       for i, (c, x) in enumerate(points.items())})
         out = _compiled_everything(flow, params, jax.jit(flow.init)(jax.random.key(4)), inputs, jax.random.key(3))
         return jax.device_get({**out, **inputs})
 
@@ -132,6 +158,14 @@ def test_random_parameters_are_not_identity(case):
     # Guards the tests above: the randomised flows really transform.
     r = _results(case)
     assert float(np.abs(r["x_random"] - r["u_guard"]).max()) > 1e-2
+
+
+@pytest.mark.parametrize("case", CONDITIONAL, ids=[IDS[i] for i in CONDITIONAL])
+def test_a_conditional_flow_depends_on_its_context(case):
+    # Guards the conditional cases above: with random parameters the context changes the map
+    # (and at initialisation it does not: test_identity_at_initialisation, with random contexts).
+    r = _results(case)
+    assert float(np.abs(r["x_random"] - r["x_other_context"]).max()) > 1e-2
 
 
 def test_autoregressive_structure_of_masked_autoregressive():

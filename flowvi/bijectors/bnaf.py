@@ -40,14 +40,20 @@ class BlockAutoregressive(distrax.Bijector):
 
     Args:
         params: list over network layers of ``{"w": (dim*a_out, dim*a_in),
-            "b": (dim*a_out,)}``, hidden layers also ``"g": (dim*a_out,)``.
+            "b": (dim*a_out,)}``, hidden layers also ``"g": (dim*a_out,)``; a
+            conditional network's first layer also ``"c": (dim*a_out, context_dim)``.
         dim: event size.
+        context: ``(..., context_dim)`` for a conditional network (None otherwise):
+            it enters the first layer's pre-activations as ``c @ context``, a
+            shift of every unit that leaves the network monotone and
+            autoregressive in ``x`` and its Jacobian unchanged.
     """
 
-    def __init__(self, params: list[dict], dim: int):
+    def __init__(self, params: list[dict], dim: int, context: jax.Array | None = None):
         super().__init__(event_ndims_in=1)
         self._params = params
         self._dim = dim
+        self._context = context
 
     def _layers(self):
         for layer in self._params:
@@ -66,6 +72,8 @@ class BlockAutoregressive(distrax.Bijector):
         log_jac = jnp.zeros(x.shape + (1,), x.dtype)  # (..., dim, a_in): d h / d x_i per block
         for layer, weight, log_diag in self._layers():
             h = h @ weight.T + layer["b"]
+            if "c" in layer and self._context is not None:
+                h = h + self._context.astype(h.dtype) @ layer["c"].T
             if with_log_det:
                 # log_jac[..., i, o] = logsumexp_k(log_diag[i, o, k] + log_jac[..., i, k])
                 log_jac = jax.nn.logsumexp(log_diag + log_jac[..., None, :], axis=-1)

@@ -52,7 +52,8 @@ DEFAULTS = {
 HYPERPARAMETERS: dict[str, dict[str, object]] = {}
 for _family in flows.FAMILIES:
     for _name, _default in flows.hyperparameter_defaults(_family).items():
-        HYPERPARAMETERS.setdefault(_name, {})[_family] = _default
+        if _name != "context_dim":  # a conditional fit's context size comes from the samples file's `context`
+            HYPERPARAMETERS.setdefault(_name, {})[_family] = _default
 # Flags for flow hyperparameters: dest -> the family keyword (one flag per hyperparameter).
 HYPERPARAMETER_FLAGS = {name: name for name in HYPERPARAMETERS}
 # `flowvi demo`: the banana, with settings that fit it well in well under a minute on two cores.
@@ -425,6 +426,7 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
     _check_mcmc_options(args, model)
     samples = model.kind == "samples"
     data = model.samples() if samples else None
+    context = model.context(data.shape[0]) if samples else None
     target = None if samples else model.target()
     dim = data.shape[1] if samples else target.dim
     flow = args.flow or (_FIT_SAMPLES["flow"] if samples else flows.default_family(dim))
@@ -448,8 +450,8 @@ def fit_model_file(model: ModelFile, args: argparse.Namespace) -> int:
         # numpy's notes on NaN arithmetic (a diverged fit's diagnostics): the NaN shows in the table itself.
         warnings.filterwarnings("ignore", NUMPY_NAN_NOTES, RuntimeWarning)
         warnings.showwarning = _show_warning
-        post = _fit(model, args, target, data, flow, hyper, fit_key)
-        return _write_outputs(model, args, post, out, data, draws, diag_key, plot_key)
+        post = _fit(model, args, target, data, flow, hyper, fit_key, context)
+        return _write_outputs(model, args, post, out, data, draws, diag_key, plot_key, context)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -492,7 +494,7 @@ def _check_out(out: pathlib.Path, command: str) -> None:
               "will be replaced by this fit's.")
 
 
-def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hyper: dict, fit_key):
+def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hyper: dict, fit_key, context=None):
     """Run flowvi.fit or flowvi.fit_samples with the command's options; bad options become a CliError."""
     import flowvi
 
@@ -507,7 +509,7 @@ def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hy
             flowvi.flows.make_flow(flow, dim, **hyper)
         if samples:
             post = flowvi.fit_samples(
-                data, key=fit_key, flow=flow, max_epochs=args.epochs or DEFAULTS["epochs"],
+                data, key=fit_key, context=context, flow=flow, max_epochs=args.epochs or DEFAULTS["epochs"],
                 patience=args.patience or DEFAULTS["samples_patience"],
                 batch_size=args.batch_size or DEFAULTS["batch_size"],
                 learning_rate=args.learning_rate or DEFAULTS["samples_learning_rate"],
@@ -529,12 +531,14 @@ def _fit(model: ModelFile, args: argparse.Namespace, target, data, flow: str, hy
 
 
 def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathlib.Path, data, draws: int,
-                   diag_key, plot_key) -> int:
+                   diag_key, plot_key, context=None) -> int:
     """Print the diagnostics and write the three outputs (each atomically); return the exit status.
 
     Whatever fails (the diagnostics of a diverged fit, one output) is said in one
     line on stderr and the rest is still written; then the status is 1. An
-    interrupted fit gets its outputs too, and the status 130.
+    interrupted fit gets its outputs too, and the status 130. A conditional fit
+    (a samples file with `context`) is saved whole; its draws, export and report
+    are ``q(x | c)`` at the mean context ``c``.
     """
     import jax
     import numpy as np
@@ -561,6 +565,12 @@ def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathli
         print(f"fit: control variates: {post.settings['control_variates']}")
     if int(np.sum(post.skipped_steps)):
         print(f"fit: {int(np.sum(post.skipped_steps))} step(s) skipped for non-finite loss or gradient")
+    saved = post
+    if context is not None:
+        at = np.asarray(context, np.float64).mean(axis=0)
+        print(f"fit: conditional on a {at.size}-D context; the draws, export and report are q(x | c) at the "
+              f"mean context c = [{', '.join(f'{v:.4g}' for v in at)}] (the saved flow takes any context)")
+        post, data = post.given(at), None  # the data are not draws of q(x | c) at one c
     interrupted = any(reason.startswith("interrupted at") for reason in post.stop_reasons)
     written, problems = [], []
 
@@ -574,7 +584,7 @@ def _write_outputs(model: ModelFile, args: argparse.Namespace, post, out: pathli
         else:
             written.append(name)
 
-    attempt("flow.flowvi", post.save)
+    attempt("flow.flowvi", saved.save)
     diag = idata = None
     try:
         if samples:

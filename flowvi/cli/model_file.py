@@ -9,7 +9,8 @@ A model file is a Python file that defines exactly one of
   ``--subsample`` and ``--devices``;
 - a NumPyro ``model``, optionally with ``args`` (a tuple) and ``kwargs`` (a
   dict): its data, passed as ``model(*args, **kwargs)``;
-- ``samples``, an array ``(n, dim)``, fitted by forward KL (`flowvi.fit_samples`).
+- ``samples``, an array ``(n, dim)``, fitted by forward KL (`flowvi.fit_samples`); with
+  ``context``, an array ``(n, context_dim)`` beside it, a conditional density ``q(x | context)``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ class ModelFile:
             what = ", ".join(data) if data else "no `args`/`kwargs`: called as model()"
             return f"a NumPyro model (`model`; {what}): fitting by reverse KL (flowvi.fit)"
         shape = np.shape(m.samples)
-        return (f"samples (`samples`, {shape[0]} x {shape[1]}): fitting by forward KL, "
+        given = (f" given `context` ({np.shape(m.context)[-1] if np.ndim(m.context) > 1 else 1}-D)"
+                 if hasattr(m, "context") else "")
+        return (f"samples (`samples`, {shape[0]} x {shape[1]}){given}: fitting by forward KL, "
                 "maximum likelihood (flowvi.fit_samples)")
 
     def target(self):
@@ -112,6 +115,17 @@ class ModelFile:
             return check_data(self.module.samples)
         except ValueError as err:
             raise ModelFileError(f"{self.path}: `samples` {err}") from err
+
+    def context(self, num_rows: int) -> np.ndarray | None:
+        """The `context` of a samples file, checked: ``(num_rows, context_dim)`` finite; None when it has none."""
+        from flowvi.forward_kl import check_context_rows
+
+        if not hasattr(self.module, "context"):
+            return None
+        try:
+            return check_context_rows(self.module.context, num_rows)
+        except ValueError as err:
+            raise ModelFileError(f"{self.path}: `context`: {err}") from err
 
 
 def load_model_file(path: str | pathlib.Path) -> ModelFile:

@@ -27,7 +27,14 @@ class Flow(NamedTuple):
         dim: event size.
         hyperparameters: sorted ``(name, value)`` pairs (hashable; see `options`).
         init: ``key -> params``; the untrained flow is its base distribution.
-        apply: ``params -> distrax.Transformed`` over a standard normal base.
+        apply: ``(params, context=None) -> distrax.Transformed`` over a standard
+            normal base. A conditional flow (``context_dim > 0``) takes the
+            context ``(..., context_dim)`` here, never in its parameters: its
+            batch axes broadcast against those of the points the distribution
+            is evaluated at (``(context_dim,)`` for all of them, or one context
+            per point, for ``log_prob`` and the bijector's maps; distrax's
+            ``sample`` draws point by point, so it takes one context); an
+            unconditional one ignores it.
         inverse_cost: ``"one pass"``, ``"sequential"`` (``dim`` passes) or
             ``"numerical"`` (root finding): the cost of ``log_prob`` at an
             arbitrary point.
@@ -47,6 +54,11 @@ class Flow(NamedTuple):
         """The hyperparameters as a dict (the keyword arguments of the family)."""
         return dict(self.hyperparameters)
 
+    @property
+    def context_dim(self) -> int:
+        """Size of the context a conditional flow takes (0: unconditional)."""
+        return int(self.options.get("context_dim", 0))
+
     def num_params(self) -> int:
         """Number of trainable scalars."""
         shapes = jax.eval_shape(self.init, jax.random.key(0))
@@ -54,7 +66,8 @@ class Flow(NamedTuple):
 
 
 def layered_flow(name: str, dim: int, hyperparameters: tuple, num_layers: int,
-                 init_layer: Callable[[jax.Array], Any], make_layer: Callable[[Any, Any], distrax.Bijector],
+                 init_layer: Callable[[jax.Array], Any],
+                 make_layer: Callable[[Any, Any, jax.Array | None], distrax.Bijector],
                  consts: Any, inverse_cost: str) -> Flow:
     """A flow of `num_layers` stacked layers (scanned) followed by a learnable elementwise affine map.
 
@@ -64,7 +77,8 @@ def layered_flow(name: str, dim: int, hyperparameters: tuple, num_layers: int,
         hyperparameters: sorted ``(name, value)`` pairs.
         num_layers: number of stacked layers.
         init_layer: ``key -> layer params`` (identity at init); vmapped over layers.
-        make_layer: ``(layer params, layer consts) -> distrax.Bijector``.
+        make_layer: ``(layer params, layer consts, context) -> distrax.Bijector``; the
+            context is None for an unconditional flow.
         consts: non-trainable per-layer arrays (leading axis `num_layers`).
         inverse_cost: cost of ``log_prob`` at an arbitrary point (see `Flow`).
 
@@ -74,11 +88,55 @@ def layered_flow(name: str, dim: int, hyperparameters: tuple, num_layers: int,
         layers = jax.vmap(init_layer)(jax.random.split(key, num_layers))
         return {"layers": layers, "affine": init_elementwise_affine(dim)}
 
-    def apply(params: dict) -> distrax.Transformed:
-        stack = LayerScan(make_layer, params["layers"], consts)
+    context_dim = dict(hyperparameters).get("context_dim", 0)
+
+    def apply(params: dict, context: jax.Array | None = None) -> distrax.Transformed:
+        context = context_for(name, context_dim, context)
+        stack = LayerScan(lambda layer, const: make_layer(layer, const, context), params["layers"], consts)
         return transformed(dim, distrax.Chain([elementwise_affine(params["affine"]), stack]))
 
     return Flow(name, dim, hyperparameters, jax.jit(init), apply, inverse_cost)
+
+
+def check_context_dim(context_dim) -> int:
+    """`context_dim` as an int >= 0 (0: an unconditional flow)."""
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int | np.integer) or context_dim < 0:
+        raise ValueError(f"context_dim must be an int >= 0 (the size of the context; 0 for an unconditional "
+                         f"flow), got {context_dim!r}.")
+    return int(context_dim)
+
+
+def context_hyperparameter(context_dim: int) -> tuple:
+    """``(("context_dim", k),)`` for a conditional family, ``()`` for an unconditional one (as before contexts)."""
+    return (("context_dim", context_dim),) if context_dim else ()
+
+
+def context_for(name: str, context_dim: int, context):
+    """The context a family's ``apply`` passes to its conditioners: None for an unconditional flow.
+
+    Raises:
+        ValueError: a conditional flow without a context, or a context whose last axis is not `context_dim`.
+    """
+    if not context_dim:
+        return None
+    if context is None:
+        raise ValueError(f"flow={name!r} is conditional (context_dim={context_dim}): pass a context of shape "
+                         f"({context_dim},) or (n, {context_dim}).")
+    context = jnp.asarray(context, jnp.result_type(float))
+    if context.shape[-1:] != (context_dim,):
+        raise ValueError(f"context must have last axis context_dim={context_dim}, got shape {context.shape}.")
+    return context
+
+
+def with_context(h: jax.Array, context: jax.Array | None) -> jax.Array:
+    """A conditioner's input ``h: (..., n)`` with the context appended: ``(..., n + context_dim)``.
+
+    ``context: (context_dim,)`` or with batch axes that broadcast to ``h``'s; None leaves ``h`` as it is.
+    """
+    if context is None:
+        return h
+    context = jnp.broadcast_to(context.astype(h.dtype), h.shape[:-1] + context.shape[-1:])
+    return jnp.concatenate([h, context], axis=-1)
 
 
 def invert(flow: Flow) -> Flow:
@@ -95,8 +153,8 @@ def invert(flow: Flow) -> Flow:
         raise ValueError("invert a flow before standardising it: invert(standardised(f)) would put the fixed "
                          "data affine on the noise side.")
 
-    def apply(params) -> distrax.Transformed:
-        return transformed(flow.dim, distrax.Inverse(flow.apply(params).bijector))
+    def apply(params, context: jax.Array | None = None) -> distrax.Transformed:
+        return transformed(flow.dim, distrax.Inverse(flow.apply(params, context).bijector))
 
     hyper = tuple(sorted(dict(flow.hyperparameters, inverted=True).items()))
     return Flow(flow.name, flow.dim, hyper, flow.init, apply, flow.sample_cost, flow.inverse_cost)
@@ -115,35 +173,50 @@ def standardised(flow: Flow) -> Flow:
     with the fit; they are constants to gradients (``stop_gradient``).
 
     Params are ``{"flow": flow's params, "data": {"loc": (dim,), "scale": (dim,)}}``;
-    `init` gives loc 0 and scale 1. The family name stays the same and the
+    `init` gives loc 0 and scale 1. A conditional `flow` also standardises its
+    context: ``"context": {"loc": (context_dim,), "scale": (context_dim,)}``, and
+    the inner flow sees ``(context - loc) / scale``. The family name stays the same and the
     hyperparameters gain ``standardised=True`` (so ``make_flow`` rebuilds it).
     """
     if flow.options.get("standardised", False):
         raise ValueError("the flow is already standardised.")
     dim = flow.dim
 
-    def init(key: jax.Array) -> dict:
-        return {"flow": flow.init(key), "data": {"loc": jnp.zeros(dim), "scale": jnp.ones(dim)}}
+    context_dim = flow.context_dim
 
-    def apply(params: dict) -> distrax.Transformed:
+    def init(key: jax.Array) -> dict:
+        params = {"flow": flow.init(key), "data": {"loc": jnp.zeros(dim), "scale": jnp.ones(dim)}}
+        if context_dim:
+            params["context"] = {"loc": jnp.zeros(context_dim), "scale": jnp.ones(context_dim)}
+        return params
+
+    def apply(params: dict, context: jax.Array | None = None) -> distrax.Transformed:
         data = jax.lax.stop_gradient(params["data"])
         fixed = distrax.Block(distrax.ScalarAffine(shift=data["loc"], scale=data["scale"]), 1)
-        return transformed(dim, distrax.Chain([fixed, flow.apply(params["flow"]).bijector]))
+        if context_dim and context is not None:
+            c = jax.lax.stop_gradient(params["context"])
+            context = (context - c["loc"]) / c["scale"]
+        return transformed(dim, distrax.Chain([fixed, flow.apply(params["flow"], context).bijector]))
 
     hyper = tuple(sorted(dict(flow.hyperparameters, standardised=True).items()))
     return Flow(flow.name, dim, hyper, jax.jit(init), apply, flow.inverse_cost, flow.sample_cost)
 
 
-def with_standardisation(params: Any, loc, scale) -> dict:
+def with_standardisation(params: Any, loc, scale, context_loc=None, context_scale=None) -> dict:
     """Parameters of `standardised(flow)`: `flow`'s ``params`` and the fixed map ``x = loc + scale * y``.
 
     Args:
         params: the inner flow's parameters (no batch axis).
         loc: ``(dim,)`` data mean.
         scale: ``(dim,)`` data sd, finite and positive (any magnitude the float type holds).
+        context_loc: ``(context_dim,)`` the context's mean, for a conditional flow (None: unconditional).
+        context_scale: ``(context_dim,)`` the context's sd (positive), with `context_loc`.
     """
     dtype = jnp.result_type(float)
-    return {"flow": params, "data": {"loc": jnp.asarray(loc, dtype), "scale": jnp.asarray(scale, dtype)}}
+    out = {"flow": params, "data": {"loc": jnp.asarray(loc, dtype), "scale": jnp.asarray(scale, dtype)}}
+    if context_loc is not None:
+        out["context"] = {"loc": jnp.asarray(context_loc, dtype), "scale": jnp.asarray(context_scale, dtype)}
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -174,12 +247,12 @@ def whitened(flow: Flow) -> Flow:
     def init(key: jax.Array) -> dict:
         return {"flow": flow.init(key), "whitening": identity_whitening(dim)}
 
-    def apply(params: dict) -> distrax.Transformed:
+    def apply(params: dict, context: jax.Array | None = None) -> distrax.Transformed:
         w = jax.lax.stop_gradient(params["whitening"])
         fixed = distrax.Chain([distrax.Block(distrax.ScalarAffine(shift=w["loc"], scale=w["scale_out"]), 1),
                                Orthogonal(w["rotation"]),
                                distrax.Block(distrax.ScalarAffine(shift=jnp.zeros(dim), scale=w["scale_in"]), 1)])
-        return transformed(dim, distrax.Chain([fixed, flow.apply(params["flow"]).bijector]))
+        return transformed(dim, distrax.Chain([fixed, flow.apply(params["flow"], context).bijector]))
 
     hyper = tuple(sorted(dict(flow.hyperparameters, whitened=True).items()))
     return Flow(flow.name, dim, hyper, jax.jit(init), apply, flow.inverse_cost, flow.sample_cost)
@@ -229,7 +302,8 @@ def raw_scale_of(scale) -> jax.Array:
 
 def _is_standardised(params: Any) -> bool:
     """True for the params of a `standardised` or `whitened` flow: a fixed map around an inner flow."""
-    return isinstance(params, dict) and set(params) in ({"flow", "data"}, {"flow", "whitening"})
+    return isinstance(params, dict) and set(params) in ({"flow", "data"}, {"flow", "data", "context"},
+                                                         {"flow", "whitening"})
 
 
 def has_final_affine(params: Any) -> bool:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi.bijectors import BlockAutoregressive, Reverse
-from flowvi.flows.base import Flow, layered_flow
+from flowvi.flows.base import Flow, check_context_dim, context_hyperparameter, layered_flow
 from flowvi.validation import check_int_tuple, check_positive_int
 
 _INIT_LOG_SD = 0.3
@@ -48,7 +48,7 @@ def _init_network(key: jax.Array, dim: int, blocks: tuple[int, ...]) -> list[dic
     return layers
 
 
-def bnaf(dim: int, layers: int = 2, block_size=(16,)) -> Flow:
+def bnaf(dim: int, layers: int = 2, block_size=(16,), context_dim: int = 0) -> Flow:
     """Block neural autoregressive flow.
 
     Sampling and the density of its own samples cost one pass per layer. The
@@ -61,13 +61,22 @@ def bnaf(dim: int, layers: int = 2, block_size=(16,)) -> Flow:
         layers: number of BNAF networks stacked (order reversed between them).
         block_size: hidden block sizes of each network, e.g. ``(50, 50)`` for two
             hidden layers of ``50 * dim`` units.
+        context_dim: size of the context of a conditional flow (0: unconditional); it
+            shifts the first layer's units of every network (zero at init).
     """
     layers = check_positive_int("layers", layers)
     blocks = check_int_tuple("block_size", block_size)
+    context_dim = check_context_dim(context_dim)
 
-    def make_layer(network_params, flip) -> distrax.Bijector:
-        return distrax.Chain([Reverse(flip), BlockAutoregressive(network_params, dim), Reverse(flip)])
+    def make_layer(network_params, flip, context) -> distrax.Bijector:
+        return distrax.Chain([Reverse(flip), BlockAutoregressive(network_params, dim, context), Reverse(flip)])
 
-    hyper = (("block_size", blocks), ("layers", layers))
-    return layered_flow("bnaf", dim, hyper, layers, lambda key: _init_network(key, dim, blocks), make_layer,
-                        jnp.arange(layers) % 2 == 1, "numerical")
+    def init_layer(key: jax.Array) -> list[dict]:
+        network = _init_network(key, dim, blocks)
+        if context_dim:
+            network[0]["c"] = jnp.zeros((network[0]["w"].shape[0], context_dim))
+        return network
+
+    hyper = tuple(sorted((("block_size", blocks), ("layers", layers)) + context_hyperparameter(context_dim)))
+    return layered_flow("bnaf", dim, hyper, layers, init_layer, make_layer, jnp.arange(layers) % 2 == 1,
+                        "numerical")

@@ -23,17 +23,21 @@ from flowvi.bijectors import Reverse
 from flowvi.flows.base import (
     Flow,
     affine_transformer,
+    check_context_dim,
+    context_hyperparameter,
     layered_flow,
     positive_scale,
     spline_transformer,
     transformer_param_size,
+    with_context,
 )
 from flowvi.nn import apply_mlp, init_mlp
 from flowvi.validation import check_bool, check_int_tuple, check_positive_float, check_positive_int
 
 
 def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: int,
-                   transformer: Callable[[jax.Array], distrax.Bijector], linear: bool, hyper: tuple) -> Flow:
+                   transformer: Callable[[jax.Array], distrax.Bijector], linear: bool, hyper: tuple,
+                   context_dim: int) -> Flow:
     if dim < 2:
         raise ValueError(f"flow={name!r} needs dim >= 2 (coupling splits the coordinates); "
                          f"got dim={dim}. Use 'gaussian' or 'iaf' for dim=1.")
@@ -42,20 +46,21 @@ def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: 
     changed = dim - split
     flips = jnp.arange(layers) % 2 == 1
 
-    def make_layer(layer_params: dict, flip) -> distrax.Bijector:
+    def make_layer(layer_params: dict, flip, context) -> distrax.Bijector:
         def conditioner(x_kept):
-            out = apply_mlp(layer_params["conditioner"], x_kept)
+            out = apply_mlp(layer_params["conditioner"], with_context(x_kept, context))
             return out.reshape(*out.shape[:-1], changed, param_size)
         coupling = distrax.SplitCoupling(split, 1, conditioner, transformer)
         parts = [Reverse(flip), coupling, Reverse(flip)]
         return distrax.Chain(parts + [lower_upper_linear(layer_params["linear"])] if linear else parts)
 
     def init_layer(key: jax.Array) -> dict:
-        params = {"conditioner": init_mlp(key, (split, *hidden, changed * param_size))}
+        params = {"conditioner": init_mlp(key, (split + context_dim, *hidden, changed * param_size))}
         if linear:
             params["linear"] = jnp.zeros((dim, dim))
         return params
 
+    hyper = tuple(sorted(hyper + context_hyperparameter(context_dim)))
     return layered_flow(name, dim, hyper, layers, init_layer, make_layer, flips, "one pass")
 
 
@@ -87,7 +92,7 @@ def offdiagonal_scale(dim: int) -> float:
     return 1.0 / float(np.sqrt(dim))
 
 
-def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64), linear: bool = True) -> Flow:
+def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64), linear: bool = True, context_dim: int = 0) -> Flow:
     """RealNVP-style affine coupling flow.
 
     Args:
@@ -96,15 +101,18 @@ def affine_coupling(dim: int, layers: int = 4, hidden=(64, 64), linear: bool = T
         hidden: conditioner MLP hidden widths.
         linear: put a learnable LU-factored linear map before each coupling layer
             (``dim**2`` parameters a layer).
+        context_dim: size of the context of a conditional flow (0: unconditional); every
+            conditioner sees the context beside the coordinates it conditions on.
     """
     layers = check_positive_int("layers", layers)
     hidden = check_int_tuple("hidden", hidden)
     hyper = (("hidden", hidden), ("layers", layers), ("linear", linear))
-    return _coupling_flow("affine_coupling", dim, layers, hidden, 2, affine_transformer, linear, hyper)
+    return _coupling_flow("affine_coupling", dim, layers, hidden, 2, affine_transformer, linear, hyper,
+                          check_context_dim(context_dim))
 
 
 def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, bound: float = 5.0,
-                    linear: bool = True) -> Flow:
+                    linear: bool = True, context_dim: int = 0) -> Flow:
     """Rational-quadratic spline coupling flow with linear tails outside ``[-bound, bound]``.
 
     Args:
@@ -115,6 +123,7 @@ def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, b
         bound: half-width of the spline interval; identity outside it.
         linear: put a learnable LU-factored linear map before each coupling layer
             (``dim**2`` parameters a layer).
+        context_dim: size of the context of a conditional flow (0: unconditional), as in `affine_coupling`.
     """
     layers = check_positive_int("layers", layers)
     hidden = check_int_tuple("hidden", hidden)
@@ -122,4 +131,4 @@ def spline_coupling(dim: int, layers: int = 4, hidden=(64, 64), bins: int = 8, b
     bound = check_positive_float("bound", bound)
     hyper = (("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers), ("linear", linear))
     return _coupling_flow("spline_coupling", dim, layers, hidden, transformer_param_size("spline", bins),
-                          spline_transformer(bound), linear, hyper)
+                          spline_transformer(bound), linear, hyper, check_context_dim(context_dim))
