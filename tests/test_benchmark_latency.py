@@ -42,8 +42,8 @@ def test_the_profile_splits_the_fit_into_its_phases_and_the_training_loop_into_c
                    min_ess=900.0, divergences=0)
     row = next(line for line in latency.profile([flowvi, nuts]).splitlines() if "flowvi default" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # total, import, target, probe, warm start (compile), setup, training (compile), after, fit compiling, steps, ms/step,
-    # draws+diagnose+export, NUTS, ratio
+    # total, import, target, probe, warm start (compile), setup, training (compile), after, fit compiling,
+    # steps, ms/step, draws+diagnose+export, NUTS, ratio
     assert cells[2:] == ["10.0", "1.0", "0.5", "0.5", "1.0 (0.5)", "0.2", "4.0 (2.0)", "0.3", "2.5", "1000", "2.00",
                          "0.4", "4.0", "2.50"]
     # The model table's fit column adds up the fit's phases and their compilations.
