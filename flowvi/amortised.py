@@ -62,8 +62,9 @@ class AmortisedConfig:
     layout: None = None
 
 
-def check_contexts(contexts, target: Target, key: jax.Array) -> tuple[jax.Array | None, Callable | None, int, str]:
-    """``(C or None, sampler or None, context_dim, description)`` for ``fit(contexts=)``.
+def check_contexts(contexts, target: Target, key: jax.Array
+                   ) -> tuple[jax.Array | None, Callable | None, int, int | None, str]:
+    """``(C or None, sampler or None, context_dim, sampler's batch or None, description)`` for ``fit(contexts=)``.
 
     Raises:
         ValueError: an array that is not ``(m, context_dim)`` finite floats, a sampler whose output
@@ -100,7 +101,8 @@ def check_contexts(contexts, target: Target, key: jax.Array) -> tuple[jax.Array 
     if value.shape != ():
         raise ValueError(f"target.log_density(x, c) must return a scalar, got shape {value.shape}.")
     dtype = jnp.result_type(float)
-    return (None if array is None else jnp.asarray(array, dtype)), sampler, drawn.shape[1], what
+    batch = None if sampler is None else drawn.shape[0]
+    return (None if array is None else jnp.asarray(array, dtype)), sampler, drawn.shape[1], batch, what
 
 
 def amortised_negative_elbo(params, key: jax.Array, config: AmortisedConfig, contexts: jax.Array | None):
@@ -164,7 +166,7 @@ def fit_amortised(target: Target, contexts, *, key: jax.Array, flow, flow_hyperp
         conditional target; `flowvi.Posterior.given` gives it at one context.
     """
     start = time.perf_counter()
-    contexts, sampler, context_dim, what = check_contexts(contexts, target, key)
+    contexts, sampler, context_dim, batch, what = check_contexts(contexts, target, key)
     if isinstance(flow, Flow):
         if flow.context_dim != context_dim:
             raise ValueError(f"flow has context_dim={flow.context_dim} but the contexts have {context_dim} "
@@ -180,8 +182,7 @@ def fit_amortised(target: Target, contexts, *, key: jax.Array, flow, flow_hyperp
         patience = check_positive_int("patience", patience)
     auto_steps = steps is None
     steps = check_positive_int("max_steps" if auto_steps else "steps", max_steps if auto_steps else steps)
-    num_contexts = int(np.shape(sampler(key))[0]) if sampler is not None else check_positive_int(
-        "num_contexts", num_contexts)
+    num_contexts = batch if sampler is not None else check_positive_int("num_contexts", num_contexts)
     num_samples = check_positive_int("num_samples", num_samples)
     custom_optimizer = optimizer is not None
     optimizer = choose_optimizer(optimizer, learning_rate)

@@ -4,8 +4,8 @@ A conditional flow (``context_dim > 0``, every family) takes its context in
 ``flow.apply(params, context)``. `at_context` turns it into an ordinary
 unconditional flow whose parameters carry the context, so everything built for
 unconditional fits (sampling, densities, diagnostics, the ArviZ export) works
-for ``q(x | c)`` at one ``c`` without a recompilation per context: the context
-is an array argument, not part of the program.
+for ``q(x | c)`` at one ``c``; the flow's programs are not compiled again for a
+new context, which is an array argument, not part of the program.
 """
 
 from __future__ import annotations

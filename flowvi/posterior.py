@@ -103,37 +103,33 @@ class Posterior:
         """Size of the context of a conditional fit (0: unconditional); see `given`."""
         return self.flow.context_dim
 
-    def given(self, context) -> Posterior:
+    def given(self, context, *, caller: str = "given()") -> Posterior:
         """The conditional fit at one context: an unconditional `Posterior` of ``q(x | context)``.
 
         Everything an unconditional fit does works on it (`sample`, `log_prob`,
         `diagnose`, `to_arviz`, `sample_posterior`); an amortised fit's target
-        becomes ``x -> log p~(x | context)``. The context is an array in its
-        parameters, so a new context compiles nothing new. ``settings["context"]``
+        becomes ``x -> log p~(x | context)``. The context is an array in the
+        flow's parameters, so the flow's programs are not compiled again for a
+        new context (an amortised target's log density at it is a new function,
+        so diagnostics compile that once per context). ``settings["context"]``
         records it. It cannot be saved (save the conditional fit).
 
         Args:
             context: ``(context_dim,)``.
+            caller: the method named in the error for a context of another shape
+                (`diagnose` and `to_arviz` work through this).
 
         Raises:
             ValueError: an unconditional fit, or a context of another shape or with NaN/inf.
         """
         context = check_context(context, self.context_dim)
         if context.ndim != 1:
-            raise ValueError(f"given() takes one context of shape ({self.context_dim},), got {context.shape}; "
+            raise ValueError(f"{caller} takes one context of shape ({self.context_dim},), got {context.shape}; "
                              "for one context per draw or point use sample(..., context=) or log_prob(..., context=).")
         return dataclasses.replace(
             self, flow=at_context(self.flow), params=at_context_params(self.params, context),
             target=None if self.target is None else target_at(self.target, context),
             settings={**self.settings, "context": np.asarray(context, np.float64).tolist()})
-
-    def _given_one(self, context, what: str) -> Posterior:
-        """`given` for methods that work at one context (`diagnose`, `to_arviz`)."""
-        context = check_context(context, self.context_dim)
-        if context.ndim != 1:
-            raise ValueError(f"{what} works at one context: pass context of shape ({self.context_dim},), got "
-                             f"{context.shape}.")
-        return self.given(context)
 
     @property
     def is_mixture(self) -> bool:
@@ -466,7 +462,7 @@ class Posterior:
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         iw_k = check_optional_positive_int("iw_k", iw_k)
         if self.context_dim or context is not None:
-            return self._given_one(context, "diagnose").diagnose(key, num_draws, iw_k=iw_k)
+            return self.given(context, caller="diagnose").diagnose(key, num_draws, iw_k=iw_k)
         return diagnostics.diagnose(self, key, num_draws, iw_k=iw_k)
 
     def to_arviz(self, key: jax.Array, num_draws: int = 1000, *, resample: bool = False, var_name: str = "x",
@@ -483,7 +479,7 @@ class Posterior:
         """
         key, num_draws = as_key(key), check_positive_int("num_draws", num_draws)
         if self.context_dim or context is not None:
-            return self._given_one(context, "to_arviz").to_arviz(
+            return self.given(context, caller="to_arviz").to_arviz(
                 key, num_draws, resample=resample, var_name=var_name, dims=dims, coords=coords,
                 log_likelihood=log_likelihood, posterior_predictive=posterior_predictive, diagnostics=diagnostics)
         from flowvi.arviz import to_arviz  # the ArviZ adapter, loaded on first use

@@ -536,7 +536,7 @@ def _place_data(spec: DataSpec | None, layout: Layout | None):
 
 def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int | None,
            progress: bool | None, num_runs: int, data=None, rule: ConvergenceRule | None = None,
-           run_chunk: Callable = None):
+           run_chunk: Callable | None = None):
     """Host loop over compiled chunks; returns final states, per-run loss and skipped-step traces, stop reasons.
 
     With a `rule` (``steps=None``), `steps` is the cap, and the rule stops runs

@@ -148,7 +148,7 @@ def test_amortised_fit_from_a_context_sampler():
     (lambda post: post.log_prob(np.zeros((5, 2)), context=np.zeros((4, 3))), "context has 4 rows"),
     (lambda post: post.log_prob(np.zeros((5, 2)), context=np.full(3, np.nan)), "context holds 3 NaN"),
     (lambda post: post.given(np.zeros((2, 3))), r"given\(\) takes one context"),
-    (lambda post: post.to_arviz(jax.random.key(0), 10, context=np.zeros((10, 3))), "to_arviz works at one"),
+    (lambda post: post.to_arviz(jax.random.key(0), 10, context=np.zeros((10, 3))), "to_arviz takes one context"),
 ])
 def test_context_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):

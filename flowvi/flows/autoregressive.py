@@ -16,11 +16,11 @@ from flowvi.flows.base import (
     Flow,
     affine_transformer,
     check_context_dim,
-    context_hyperparameter,
     layered_flow,
     spline_transformer,
     transformer_param_size,
     with_context,
+    with_context_dim,
 )
 from flowvi.nn import apply_mlp, init_mlp, made_masks
 from flowvi.validation import (
@@ -59,8 +59,8 @@ def _autoregressive_flow(name: str, dim: int, layers, hidden, transformer: str, 
     def init_layer(key: jax.Array) -> list[dict]:
         return init_mlp(key, (dim + context_dim, *hidden, dim * param_size))
 
-    hyper = tuple(sorted((("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers),
-                          ("transformer", transformer)) + context_hyperparameter(context_dim)))
+    hyper = with_context_dim((("bins", bins), ("bound", bound), ("hidden", hidden), ("layers", layers),
+                              ("transformer", transformer)), context_dim)
     return layered_flow(name, dim, hyper, layers, init_layer, make_layer, flips,
                         "sequential" if not invert else "one pass")
 

@@ -106,9 +106,14 @@ def check_context_dim(context_dim) -> int:
     return int(context_dim)
 
 
-def context_hyperparameter(context_dim: int) -> tuple:
-    """``(("context_dim", k),)`` for a conditional family, ``()`` for an unconditional one (as before contexts)."""
-    return (("context_dim", context_dim),) if context_dim else ()
+def with_context_dim(hyperparameters: tuple, context_dim: int) -> tuple:
+    """A family's sorted ``(name, value)`` pairs, with ``("context_dim", k)`` for a conditional one.
+
+    An unconditional family's pairs are left as they were before flows took contexts,
+    so its saved files and compilation caches are unchanged.
+    """
+    extra = (("context_dim", context_dim),) if context_dim else ()
+    return tuple(sorted(tuple(hyperparameters) + extra))
 
 
 def context_for(name: str, context_dim: int, context):

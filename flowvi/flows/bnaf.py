@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowvi.bijectors import BlockAutoregressive, Reverse
-from flowvi.flows.base import Flow, check_context_dim, context_hyperparameter, layered_flow
+from flowvi.flows.base import Flow, check_context_dim, layered_flow, with_context_dim
 from flowvi.validation import check_int_tuple, check_positive_int
 
 _INIT_LOG_SD = 0.3
@@ -77,6 +77,6 @@ def bnaf(dim: int, layers: int = 2, block_size=(16,), context_dim: int = 0) -> F
             network[0]["c"] = jnp.zeros((network[0]["w"].shape[0], context_dim))
         return network
 
-    hyper = tuple(sorted((("block_size", blocks), ("layers", layers)) + context_hyperparameter(context_dim)))
+    hyper = with_context_dim((("block_size", blocks), ("layers", layers)), context_dim)
     return layered_flow("bnaf", dim, hyper, layers, init_layer, make_layer, jnp.arange(layers) % 2 == 1,
                         "numerical")

@@ -24,12 +24,12 @@ from flowvi.flows.base import (
     Flow,
     affine_transformer,
     check_context_dim,
-    context_hyperparameter,
     layered_flow,
     positive_scale,
     spline_transformer,
     transformer_param_size,
     with_context,
+    with_context_dim,
 )
 from flowvi.nn import apply_mlp, init_mlp
 from flowvi.validation import check_bool, check_int_tuple, check_positive_float, check_positive_int
@@ -60,7 +60,7 @@ def _coupling_flow(name: str, dim: int, layers: int, hidden: tuple, param_size: 
             params["linear"] = jnp.zeros((dim, dim))
         return params
 
-    hyper = tuple(sorted(hyper + context_hyperparameter(context_dim)))
+    hyper = with_context_dim(hyper, context_dim)
     return layered_flow(name, dim, hyper, layers, init_layer, make_layer, flips, "one pass")
 
 

@@ -9,10 +9,10 @@ from flowvi.flows.base import (
     Flow,
     check_context_dim,
     context_for,
-    context_hyperparameter,
     elementwise_affine,
     init_elementwise_affine,
     transformed,
+    with_context_dim,
 )
 from flowvi.nn import apply_mlp, init_mlp
 from flowvi.validation import check_choice, check_int_tuple
@@ -51,7 +51,7 @@ def gaussian(dim: int, covariance: str = "diag", context_dim: int = 0, hidden=DE
         raise ValueError(f"hidden={hidden} is the context network's widths: it applies to a conditional "
                          "gaussian (context_dim > 0) only.")
     if context_dim:
-        hyper = tuple(sorted(hyper + context_hyperparameter(context_dim) + (("hidden", hidden),)))
+        hyper = with_context_dim(hyper + (("hidden", hidden),), context_dim)
 
     def init(key: jax.Array) -> dict:
         params = {"affine": init_elementwise_affine(dim)}
