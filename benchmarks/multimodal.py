@@ -16,6 +16,7 @@ Methods, all at equal total steps (``--steps``, default 2000, Monte Carlo batch 
 
 - ``flowvi_single``: ``flowvi.fit(target, steps=S, key=...)``, flowvi's defaults (spline coupling,
   warm start, its default optimiser and rate);
+- ``flowvi_tempered``: the same with ``tempering=beta0`` (`TEMPERING`; `flowvi.tempering`);
 - ``flowvi_mixture``: ``flowvi.fit(target, steps=S // R, num_runs=R, init_spread=s, key=...)`` then
   ``post.mixture(key)``: R runs of S / R steps each (the same total), with the per-target R and s of
   `MIXTURE` (flowvi's defaults for multimodal targets: about as many runs as modes, or more, and
@@ -61,13 +62,15 @@ from benchmarks.targets import ring as ring_target
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGETS = ("ring", "gmm40_2d", "gmm40_10d", "manywell8d")
-METHODS = ("flowvi_single", "flowvi_mixture", "flowjax_maf_rqs", "numpyro_iaf")
+METHODS = ("flowvi_single", "flowvi_tempered", "flowvi_mixture", "flowjax_maf_rqs", "numpyro_iaf")
 MIXTURE = {"ring": {"num_runs": 8, "init_spread": 1.0},
            "gmm40_2d": {"num_runs": 48, "init_spread": 40.0},
            "gmm40_10d": {"num_runs": 48, "init_spread": 40.0},
            "manywell8d": {"num_runs": 32, "init_spread": 2.0}}
 """flowvi's settings for multimodal targets: runs (at least as many as the modes one hopes to find) and
 the spread of their starting points (the scale over which the modes lie)."""
+TEMPERING = {"ring": 0.1, "gmm40_2d": 0.01, "gmm40_10d": 0.01, "manywell8d": 0.1}
+"""``beta0`` of ``flowvi_tempered`` (``fit(tempering=beta0)``: annealed over 3/4 of the steps)."""
 NUM_SAMPLES = 64
 PEER_LEARNING_RATE = 1e-3
 RING_TOL = 0.05
@@ -160,15 +163,16 @@ def score(target: Multimodal, x: np.ndarray, log_q: np.ndarray) -> dict:
 
 
 def run_flowvi(target: Multimodal, method: str, steps: int, seed: int, draws: int) -> dict:
-    """``flowvi_single`` or ``flowvi_mixture`` (see the module docstring)."""
+    """``flowvi_single``, ``flowvi_tempered`` or ``flowvi_mixture`` (see the module docstring)."""
     import flowvi
 
     key = jax.random.key(seed)
     t0 = time.perf_counter()
-    if method == "flowvi_single":
+    if method in ("flowvi_single", "flowvi_tempered"):
+        tempering = TEMPERING[target.name] if method == "flowvi_tempered" else None
         post = flowvi.fit(target.log_density, dim=target.dim, steps=steps, num_samples=NUM_SAMPLES, key=key,
-                          progress=False)
-        rec = {"num_runs": 1, "steps_per_run": steps}
+                          progress=False, tempering=tempering)
+        rec = {"num_runs": 1, "steps_per_run": steps, "tempering": tempering}
     else:
         opts = MIXTURE[target.name]
         runs = opts["num_runs"]

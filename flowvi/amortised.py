@@ -124,7 +124,9 @@ def amortised_negative_elbo(params, key: jax.Array, config: AmortisedConfig, con
 @functools.partial(jax.jit, static_argnums=0)
 def run_chunk(config: AmortisedConfig, states, run_keys, total_steps, active, contexts=None):
     """`scan_steps` of the amortised loss for the one run (`flowvi.reverse_kl._run_chunk`'s signature)."""
-    loss_fn = functools.partial(amortised_negative_elbo, config=config, contexts=contexts)
+    def loss_fn(params, key, step):
+        return amortised_negative_elbo(params, key, config, contexts)
+
     squeeze = functools.partial(jax.tree.map, lambda a: a[0])
     states, info = scan_steps(loss_fn, config.optimizer, squeeze(states), run_keys[0], total_steps, config.chunk,
                               config.max_bad_streak, active[0])

@@ -45,7 +45,8 @@ def check_reverse_kl_flow(flow: Flow, estimator: str) -> None:
 
 def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num_samples: int,
                   estimator: str = "reparam", data: Any = None,
-                  draws_sharding: jax.sharding.Sharding | None = None, support_penalty: bool = False) -> jax.Array:
+                  draws_sharding: jax.sharding.Sharding | None = None, support_penalty: bool = False,
+                  beta: jax.Array | None = None) -> jax.Array:
     """Monte Carlo estimate of ``-ELBO = E_q[log q(x) - log p~(x)]`` with ``x = T(u)``, ``u ~ N(0, I)``.
 
     Draws where the target is ``-inf`` (zero density, e.g. outside a truncation)
@@ -95,6 +96,7 @@ def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num
         support_penalty: add the push out of the zero-density region (above);
             `flowvi.fit` turns it on when the target is ``-inf`` at some probe
             points (and refuses flows whose ``log_prob`` has no gradient, bnaf).
+        beta: a scalar in (0, 1]: fit ``p~^beta`` instead (`flowvi.tempering`); None is 1.
 
     Returns:
         Scalar loss; its value is the same for both estimators, only the gradient differs.
@@ -105,6 +107,8 @@ def negative_elbo(params, key: jax.Array, flow: Flow, log_density: Callable, num
         log_q = flow.apply(jax.lax.stop_gradient(params)).log_prob(x)
     fixed = jax.lax.stop_gradient(x)
     values, grads = target_values(log_density, fixed, key, data)
+    if beta is not None:
+        values, grads = beta * values, beta * grads
     inside = values != -jnp.inf
 
     def every_draw_inside(x, log_q):

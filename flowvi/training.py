@@ -108,17 +108,17 @@ def guarded_step(state: TrainState, loss: jax.Array, grads: Any, active: jax.Arr
     return new_state, StepInfo(loss, grad_norm, run, bad)
 
 
-def scan_steps(loss_fn: Callable[[Any, jax.Array], jax.Array], optimizer: optax.GradientTransformation,
+def scan_steps(loss_fn: Callable[[Any, jax.Array, jax.Array], jax.Array], optimizer: optax.GradientTransformation,
                state: TrainState, run_key: jax.Array, total_steps: jax.Array, length: int,
                max_bad_streak: int, active: jax.Array) -> tuple[TrainState, StepInfo]:
-    """Run `length` reverse-KL steps of one run under `lax.scan`.
+    """Run `length` reverse-KL steps of one run under `lax.scan`; ``loss_fn(params, key, step)``.
 
     The key of step ``t`` is ``fold_in(run_key, t)``, so results do not depend
     on how steps are split into chunks. Steps past `total_steps` are no-ops.
     """
     def body(state, _):
         key = jax.random.fold_in(run_key, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, key)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, key, state.step)
         return guarded_step(state, loss, grads, active & (state.step < total_steps), optimizer, max_bad_streak)
 
     return jax.lax.scan(body, state, None, length=length)
