@@ -18,7 +18,7 @@ import optax
 
 from flowvi.amortised import fit_amortised
 from flowvi.control_variates import check_control_variates, choose_order, with_control_variates
-from flowvi.data_target import DataSpec
+from flowvi.data_target import DataSpec, FullDataDensity
 from flowvi.escalation import fit_escalating
 from flowvi.flows import Flow, resolve_flow, whitened, with_final_affine, with_whitening
 from flowvi.flows.base import identity_whitening
@@ -30,6 +30,7 @@ from flowvi.sharding import Layout, check_mesh, make_layout, put, to_host
 from flowvi.stopping import ConvergenceRule
 from flowvi.subsampling import AUTO, check_subsample, choose_subsample, cv_readiness, full_step_flops
 from flowvi.target import Target, as_target, format_point
+from flowvi.tempering import Tempering, check_tempering
 from flowvi.training import RECOVERY, init_state, scan_steps
 from flowvi.validation import as_key, check_choice, check_nonnegative, check_positive_float, check_positive_int
 from flowvi.warm_start import POOL_PER_RUN, gaussian_start, spread_starts
@@ -55,6 +56,7 @@ class _ReverseKLConfig:
     max_bad_streak: int
     layout: Layout | None = None
     support_penalty: bool = False
+    tempering: Tempering | None = None
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -65,10 +67,13 @@ def _run_chunk(config: _ReverseKLConfig, states, run_keys, total_steps, active, 
     are constrained here and the compiler partitions the rest.
     """
     layout = config.layout
-    loss_fn = functools.partial(negative_elbo, flow=config.flow, log_density=config.log_density,
-                                num_samples=config.num_samples, estimator=config.estimator, data=data,
-                                draws_sharding=None if layout is None else layout.draws_sharding(),
-                                support_penalty=config.support_penalty)
+    elbo = functools.partial(negative_elbo, flow=config.flow, log_density=config.log_density,
+                             num_samples=config.num_samples, estimator=config.estimator, data=data,
+                             draws_sharding=None if layout is None else layout.draws_sharding(),
+                             support_penalty=config.support_penalty)
+
+    def loss_fn(params, key, step):
+        return elbo(params, key, beta=None if config.tempering is None else config.tempering.beta(step))
 
     def one_run(state, run_key, run_active):
         return scan_steps(loss_fn, config.optimizer, state, run_key, total_steps, config.chunk,
@@ -115,7 +120,8 @@ def _states(optimizer: optax.GradientTransformation, params, steps: jax.Array):
 
 FIT_OPTIONS = ("dim", "flow", "steps", "max_steps", "init", "num_samples", "learning_rate", "optimizer",
                "estimator", "patience", "progress", "num_runs", "key", "names", "max_bad_streak", "chunk_size",
-               "mesh", "subsample", "control_variates", "init_spread", "time_budget", "contexts", "num_contexts")
+               "mesh", "subsample", "control_variates", "init_spread", "time_budget", "contexts", "num_contexts",
+               "tempering")
 
 
 def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, flow: str | Flow | None = None,
@@ -126,7 +132,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         names: list[str] | None = None, max_bad_streak: int = 20, chunk_size: int = DEFAULT_CHUNK,
         mesh: jax.sharding.Mesh | None = None, subsample: int | str | None = "auto",
         control_variates: bool | str = "auto", init_spread: float = 1.0,
-        time_budget: float | None = None, contexts=None, num_contexts: int = 16,
+        time_budget: float | None = None, contexts=None, num_contexts: int = 16, tempering=None,
         **flow_hyperparameters) -> Posterior:
     """Fit a normalising flow to an unnormalised density by maximising the ELBO (reverse KL).
 
@@ -248,6 +254,13 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
             runs, ``mesh``, ``subsample`` or ``time_budget``; there is no Gaussian warm start.
         num_contexts: contexts drawn (uniformly, with replacement) from `contexts` per step;
             a sampler's batch size replaces it.
+        tempering: anneal the target (`flowvi.tempering`): ``beta0`` in (0, 1), or
+            ``(beta0, num_steps)``. The first ``num_steps`` steps fit ``p~(x)^beta`` (the
+            whole log density) with ``beta`` rising geometrically from ``beta0`` to 1; the
+            rest fit the target. Default ``num_steps``: 3/4 of `steps`, or 1000 with the
+            stopping rule, which judges only the steps after it. Helps one flow spread over
+            separated modes (see the README's "Multimodal targets"). ``losses`` keeps the
+            tempered steps' losses. Not with ``flow="auto"`` or ``contexts``.
         **flow_hyperparameters: passed to the flow family, e.g. ``layers=4``.
 
     Returns:
@@ -284,7 +297,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     if contexts is not None:
         given = {"flow='auto'": isinstance(flow, str) and flow == "auto", "init=<Posterior>": not isinstance(init, str),
                  "num_runs > 1": num_runs != 1, "mesh": mesh is not None, "time_budget": time_budget is not None,
-                 "subsample": subsample not in (None, AUTO), "control_variates=True": control_variates is True}
+                 "subsample": subsample not in (None, AUTO), "control_variates=True": control_variates is True,
+                 "tempering": tempering is not None}
         refused = [name for name, on in given.items() if on]
         if refused:
             raise ValueError(f"an amortised fit (contexts=) does not take {', '.join(refused)}.")
@@ -300,6 +314,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         if flow != "auto":
             raise ValueError("time_budget applies to flow='auto' (the budget for trying larger flows).")
     if isinstance(flow, str) and flow == "auto":
+        if tempering is not None:
+            raise ValueError("tempering does not apply with flow='auto' (each stage would anneal again); name a "
+                             "family, e.g. flow='spline_coupling'.")
         if flow_hyperparameters or not isinstance(init, str):
             raise ValueError("flow='auto' chooses the flow and its hyperparameters itself: leave out "
                              f"{sorted(flow_hyperparameters) or 'init=<Posterior>'} (or name a family).")
@@ -317,6 +334,9 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     num_runs = check_positive_int("num_runs", num_runs)
     chunk_size = check_positive_int("chunk_size", chunk_size)
     max_bad_streak = check_positive_int("max_bad_streak", max_bad_streak)
+    tempering = check_tempering(tempering, None if auto_steps else steps)
+    if auto_steps and tempering is not None and tempering.num_steps >= steps:
+        raise ValueError(f"tempering's num_steps ({tempering.num_steps}) must be below max_steps={steps}.")
     check_reverse_kl_flow(flow, estimator)
     if patience is not None:
         patience = check_positive_int("patience", patience)
@@ -337,6 +357,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     data = _place_data(spec, layout)
     if spec is None:
         report = target.probe()
+    elif layout is None and subsample is None:
+        report = Target(FullDataDensity(spec.log_density), target.dim).probe(data)
     else:
         probe_key = jax.random.key(0)
         log_density = jax.jit(lambda x, data: spec.log_density(x, data, probe_key))
@@ -360,7 +382,11 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
         # A flow fitted by fit_samples already ends in its data's fixed scale map; it is not whitened twice.
         whitening, warm = None, {"skipped": "the flow is standardised (from fit_samples)"}
     elif init == "auto":
-        whitening, warm = _warm_start(target, jax.random.fold_in(key, WARM_START_STREAM), num_runs, init_spread)
+        # On one device the full data go to the climbs as arguments (not compile-time constants).
+        on_data = spec is not None and layout is None and subsample is None
+        whitening, warm = _warm_start(target, jax.random.fold_in(key, WARM_START_STREAM), num_runs, init_spread,
+                                      FullDataDensity(spec.log_density) if on_data else None,
+                                      data if on_data else None)
         if whitening is not None and not flow.options.get("whitened", False):
             flow = whitened(flow)
     else:
@@ -371,7 +397,7 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
                                                       whitening, warm)
     config = _ReverseKLConfig(flow, target.log_density if spec is None else log_density, optimizer,
                               num_samples, estimator, min(chunk_size, steps), max_bad_streak, layout,
-                              support_penalty)
+                              support_penalty, tempering)
     if previous is None:
         # Runs with warm starts of their own are shifted by at most one sd of their Gaussian: enough to
         # disperse them for R-hat, not enough to leave the basin their climb found.
@@ -387,10 +413,11 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
     rule = ConvergenceRule(num_runs, can_lower=has_rate_factor(states.opt_state)) if auto_steps else None
     states, losses, skipped, reasons = _train(config, states, run_keys, steps, patience, progress, num_runs, data,
                                               rule)
+    annealed = 0 if tempering is None else tempering.num_steps
     if layout is not None:
         # Ordinary single-device arrays, the same on every process.
         states = jax.tree.map(jnp.asarray, to_host(states))
-    _check_runs(config, states, losses, skipped, reasons, data, target.dim)
+    _check_runs(config, states, [t[annealed:] for t in losses], skipped, reasons, data, target.dim)
     # The parameters whose loss was last evaluated finite: the final update was never evaluated.
     return Posterior(
         flow=flow, params=states.last_good, target=target, losses=_stack_ragged(losses), stop_reasons=reasons,
@@ -402,7 +429,8 @@ def fit(target: Target | Callable, dim: int | None = None, *, key: jax.Array, fl
                   "estimator": estimator, "learning_rate": None if custom_optimizer else learning_rate,
                   "num_runs": num_runs, "patience": patience, "subsample": subsample,
                   "subsample_rule": subsample_why, "control_variates": controlled,
-                  "mesh": None if layout is None else f"{layout.size} devices split by {layout.mode}"})
+                  "mesh": None if layout is None else f"{layout.size} devices split by {layout.mode}",
+                  "tempering": None if tempering is None else dataclasses.asdict(tempering)})
 
 
 def _check_init(init, flow, flow_hyperparameters: dict, num_runs: int, dim: int) -> Posterior | None:
@@ -426,8 +454,8 @@ def _check_init(init, flow, flow_hyperparameters: dict, num_runs: int, dim: int)
     return init
 
 
-def _warm_start(target: Target, key: jax.Array, num_runs: int = 1, init_spread: float = 0.0
-                ) -> tuple[dict | None, dict]:
+def _warm_start(target: Target, key: jax.Array, num_runs: int = 1, init_spread: float = 0.0,
+                density: Callable | None = None, data=None) -> tuple[dict | None, dict]:
     """The whitening map of the warm start and its record for ``settings["warm_start"]`` (None: none found).
 
     With ``num_runs > 1`` and ``init_spread > 0`` every run gets its own
@@ -437,18 +465,20 @@ def _warm_start(target: Target, key: jax.Array, num_runs: int = 1, init_spread: 
     (the centre of a ring of modes, say): then every run takes one of the
     spread start points. A run whose own climb found none starts at the
     standard normal moved to its start point. The record is run 0's, with every run's under ``"runs"``.
+    `density` ``(x, data) -> scalar`` with its `data` replaces ``target.log_density`` (the same function).
     """
-    found, why = gaussian_start(target.log_density, target.dim, key)
+    log_density = target.log_density if density is None else density
+    found, why = gaussian_start(log_density, target.dim, key, data=data)
     if num_runs == 1 or init_spread == 0:
         if found is None:
             return None, {"skipped": why}
         return found.whitening(), found.summary()
-    starts, _ = spread_starts(target.log_density, target.dim, jax.random.fold_in(key, 1), num_runs + 1,
-                              init_spread)
+    starts, _ = spread_starts(log_density, target.dim, jax.random.fold_in(key, 1), num_runs + 1, init_spread,
+                              data)
     first = 0 if found is not None else 1
     starts = starts[first:first + num_runs]
     per_run = [(found, why)] if found is not None else []
-    per_run += [gaussian_start(target.log_density, target.dim, jax.random.fold_in(key, 2 + r), start=starts[r])
+    per_run += [gaussian_start(log_density, target.dim, jax.random.fold_in(key, 2 + r), start=starts[r], data=data)
                 for r in range(len(per_run), num_runs)]
     runs = [{"skipped": w} if g is None else g.summary() for g, w in per_run]
     for r, record in enumerate(runs):
@@ -540,8 +570,9 @@ def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int
     """Host loop over compiled chunks; returns final states, per-run loss and skipped-step traces, stop reasons.
 
     With a `rule` (``steps=None``), `steps` is the cap, and the rule stops runs
-    and lowers their rates between chunks. `run_chunk` is `_run_chunk` unless
-    given (`flowvi.amortised.run_chunk`, with the same signature).
+    and lowers their rates between chunks. Neither the rule nor `patience` sees
+    the steps of a tempering schedule (``config.tempering``): their loss is not
+    the target's. `run_chunk` is `_run_chunk` unless given (`flowvi.amortised.run_chunk`, with the same signature).
     """
     run_chunk = _run_chunk if run_chunk is None else run_chunk
     traces: list[list[np.ndarray]] = [[] for _ in range(num_runs)]
@@ -550,6 +581,7 @@ def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int
     done = ("completed all steps" if rule is None else
             f"reached max_steps={steps} before the stopping rule was met (the ELBO was still improving)")
     lowered = False
+    annealing = 0 if getattr(config, "tempering", None) is None else config.tempering.num_steps
     with TrainingLoop("flowvi.fit", num_runs, steps, "step", patience, progress, done) as loop:
         while loop.active.any():
             states, info = run_chunk(config, states, run_keys, total, jnp.asarray(loop.active), data)
@@ -563,6 +595,8 @@ def _train(config: _ReverseKLConfig, states, run_keys, steps: int, patience: int
                     loop.stop(r, _halt_reason(int(step[r]), np.concatenate(skips[r]), config.max_bad_streak))
                 elif step[r] >= steps:
                     loop.active[r] = False
+                elif step[r] - chunk.size < annealing:
+                    continue  # this chunk was (partly) tempered
                 elif not loop.check_plateau(r, chunk, int(step[r])) and rule is not None:
                     verdict = rule.update(r, chunk, int(step[r]))
                     if verdict == "lower":

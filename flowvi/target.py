@@ -156,11 +156,16 @@ class Target:
         """ArviZ dim names of each named site, from the model's plates; none here."""
         return {}
 
-    def probe(self) -> ProbeReport:
+    def probe(self, data=None) -> ProbeReport:
         """Check the log density once, in one compiled call, at points the untrained flow samples.
 
         A log density must be a number or ``-inf`` (zero density) at every
         point, with a finite gradient wherever it is finite.
+
+        Args:
+            data: None; or arrays that ``self.log_density`` takes as its second
+                argument, ``(x, data) -> scalar`` (`flowvi.data_target.FullDataDensity`),
+                passed to the compiled check as inputs rather than constants.
 
         Returns:
             A `ProbeReport`: how many probe points have zero density (``-inf``).
@@ -174,7 +179,8 @@ class Target:
         """
         spec = jax.ShapeDtypeStruct((self.dim,), jnp.result_type(float))
         try:
-            out = jax.eval_shape(self.log_density, spec)
+            out = jax.eval_shape(self.log_density if data is None else functools.partial(_swap, self.log_density, data),
+                                 spec)
         except Exception as err:  # noqa: BLE001 - re-raised with the argument named
             raise ValueError(f"log_density failed on an input of shape ({self.dim},): "
                              f"{type(err).__name__}: {err}") from err
@@ -187,7 +193,7 @@ class Target:
                              f"returned dtype {out.dtype}" + (" (complex: take the real part, or the log of "
                              "the absolute value, as the model means)" if jnp.issubdtype(out.dtype, jnp.complexfloating)
                              else " (cast it with jnp.asarray(..., float) if it is meant as a number)") + ".")
-        values, grads, points = map(np.asarray, _probe_values(self.log_density, self.dim))
+        values, grads, points = map(np.asarray, _probe_values(self.log_density, self.dim, data))
         ok = np.isfinite(values) & np.all(np.isfinite(grads), axis=-1)
         if not ok.any():
             raise ValueError(
@@ -213,24 +219,30 @@ class Target:
         return ProbeReport(int(np.sum(values == -np.inf)), _PROBE_POINTS)
 
 
-def _probe_values(log_density: Callable, dim: int):
+def _swap(log_density: Callable, data, x: jax.Array) -> jax.Array:
+    return log_density(x, data)
+
+
+def _probe_values(log_density: Callable, dim: int, data=None):
     """``(values, grads, points)`` of the log density at the `_PROBE_POINTS` standard normal probe points."""
     try:
         hash(log_density)
     except TypeError:  # an unhashable callable cannot be a static argument: compile it on its own
-        return jax.jit(lambda: _probe_body(log_density, dim))()
+        return jax.jit(lambda data: _probe_body(log_density, dim, data))(data)
     try:
-        return _probe_program(log_density, dim)
+        return _probe_program(log_density, dim, data)
     except RuntimeError as err:
         if "non-addressable" not in str(err):
             raise
         # A density closing over data split across processes (flowvi.fit with a multi-process mesh)
         # cannot be one program: evaluate it op by op, as its own compiled pieces.
-        return _probe_body(log_density, dim)
+        return _probe_body(log_density, dim, data)
 
 
-def _probe_body(log_density: Callable, dim: int):
+def _probe_body(log_density: Callable, dim: int, data=None):
     # The points are jax.random.normal(key(0), (16, dim)), drawn flat: see flowvi.objectives.base_draws.
+    if data is not None:
+        log_density = functools.partial(_swap, log_density, data)
     points = jax.random.normal(jax.random.key(0), (_PROBE_POINTS * dim,)).reshape(_PROBE_POINTS, dim)
     values, grads = jax.vmap(jax.value_and_grad(log_density))(points)
     return values, grads, points
