@@ -214,3 +214,67 @@ def test_flow_auto_options_are_checked():
         flowvi.fit(banana_log_density, dim=2, key=KEY, flow="auto", layers=3)
     with pytest.raises(ValueError, match="time_budget applies to flow='auto'"):
         flowvi.fit(banana_log_density, dim=2, key=KEY, time_budget=10.0)
+
+
+def _logistic_target(n=4000, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-X @ np.array([1.0, -0.5, 0.25])))).astype(np.float32)
+
+    def log_likelihood(w, row):
+        x, t = row
+        logit = x @ w
+        return t * logit - jnp.logaddexp(0.0, logit)
+
+    return flowvi.Target(log_prior=lambda w: -0.5 * jnp.sum(w ** 2), log_likelihood=log_likelihood,
+                         data=(X, y), dim=d)
+
+
+def test_the_warm_start_on_data_passed_as_arguments_is_the_one_on_the_closure():
+    """Same climb, same Gaussian; and the data are inputs of the compiled climb, not constants in it."""
+    from flowvi.data_target import FullDataDensity
+    from flowvi.warm_start import _climb
+
+    target = _logistic_target()
+    spec = target.data_spec()
+    data = jax.device_put(spec.data)
+    density = FullDataDensity(spec.log_density)
+    closed, _ = gaussian_start(target.log_density, target.dim, KEY)
+    passed, _ = gaussian_start(density, target.dim, KEY, data=data)
+    np.testing.assert_allclose(passed.loc, closed.loc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(passed.covariance(), closed.covariance(), rtol=1e-4)
+    assert passed.iterations == closed.iterations
+    x0 = jnp.zeros(target.dim)
+    # 4000 rows x 4 floats as a dense constant are at least 16,000 numbers of text in the closure's program.
+    closure_text = _climb.lower(target.log_density, x0).as_text()
+    argument_text = _climb.lower(density, x0, data).as_text()
+    assert len(closure_text) - len(argument_text) > 16_000 * 4
+    assert len(argument_text) < len(closure_text) / 2
+
+
+def test_the_probe_on_data_passed_as_arguments_reports_and_refuses_as_on_the_closure():
+    from flowvi.data_target import FullDataDensity
+
+    target = _logistic_target(n=100)
+    spec = target.data_spec()
+    data = jax.device_put(spec.data)
+    report = flowvi.Target(FullDataDensity(spec.log_density), target.dim).probe(data)
+    assert report == target.probe()
+    bad = flowvi.Target(log_prior=lambda w: jnp.where(w[0] > 0, jnp.nan, 0.0), log_likelihood=lambda w, row: 0.0,
+                        data=np.zeros((5, 1)), dim=2)
+    bad_spec = bad.data_spec()
+    with pytest.raises(ValueError, match="log_density is NaN at"):
+        flowvi.Target(FullDataDensity(bad_spec.log_density), 2).probe(jax.device_put(bad_spec.data))
+
+
+def test_a_short_climb_computes_each_checkpoint_once():
+    """Checkpoints marked as copies get ELBO -inf and are never chosen; the others are unchanged."""
+    from flowvi.warm_start import _laplace_at
+
+    points = jnp.asarray([[0.0, 0.0], [2.9, -499.0], [2.9, -499.0]])
+    every = _laplace_at(scaled_log_density, points, KEY, None, np.array([True, True, True]))
+    fresh = _laplace_at(scaled_log_density, points, KEY, None, np.array([True, True, False]))
+    np.testing.assert_array_equal(np.asarray(fresh[0][4:6]), -np.inf)
+    np.testing.assert_allclose(np.asarray(fresh[0][:4]), np.asarray(every[0][:4]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(fresh[0][-1]), np.asarray(every[0][-1]), rtol=1e-6)
+    assert np.isfinite(np.asarray(every[0][4:6])).all()
