@@ -245,11 +245,15 @@ def _laplace_at(log_density: Callable, points: jax.Array, key: jax.Array, data=N
     dim = points.shape[-1]
     noise = jax.random.normal(key, (ELBO_DRAWS, dim), points.dtype)
 
-    def elbo(loc, scale_out, rotation, scale_in):
-        draws = loc + scale_out * ((noise * scale_in) @ rotation.T)
+    def elbo(locs, scale_out, rotation, scale_in):
+        """ELBOs ``(k,)`` of the Gaussians at ``locs: (k, dim)`` with one shared scale."""
+        offsets = scale_out * ((noise * scale_in) @ rotation.T)
+        # One flat batch of k * ELBO_DRAWS points: a vmap over the locations as well would give XLA:CPU
+        # a batched program measured 1.9x slower on a 10^6-row likelihood (12 checkpoints: 6.9 s against 3.6 s).
+        draws = (locs[:, None, :] + offsets[None]).reshape(-1, dim)
         entropy = jnp.sum(jnp.log(scale_out)) + jnp.sum(jnp.log(scale_in)) + 0.5 * dim * (1.0 + jnp.log(2.0 * jnp.pi))
-        value = jnp.mean(jax.vmap(log_density)(draws)) + entropy
-        ok = (jnp.isfinite(value) & jnp.all(jnp.isfinite(loc)) & jnp.all(jnp.isfinite(rotation))
+        value = jnp.mean(jax.vmap(log_density)(draws).reshape(locs.shape[0], -1), axis=1) + entropy
+        ok = (jnp.isfinite(value) & jnp.all(jnp.isfinite(locs), axis=1) & jnp.all(jnp.isfinite(rotation))
               & jnp.all(jnp.isfinite(scale_out)) & jnp.all(jnp.isfinite(scale_in)))
         return jnp.where(ok, value, -jnp.inf)
 
@@ -269,7 +273,7 @@ def _laplace_at(log_density: Callable, points: jax.Array, key: jax.Array, data=N
         scale_in = jax.lax.rsqrt(eigenvalues)
         newton = x + scale_out * ((((gradient * scale_out) @ rotation) / eigenvalues) @ rotation.T)
         locs = jnp.stack([x, newton])
-        return (jax.vmap(elbo, (0, None, None, None))(locs, scale_out, rotation, scale_in), locs,
+        return (elbo(locs, scale_out, rotation, scale_in), locs,
                 jnp.stack([scale_out] * 2), jnp.stack([rotation] * 2), jnp.stack([scale_in] * 2))
 
     def skip(x):
@@ -281,5 +285,6 @@ def _laplace_at(log_density: Callable, points: jax.Array, key: jax.Array, data=N
     found = jax.lax.map(lambda pf: jax.lax.cond(pf[1], one, skip, pf[0]), (points, fresh))
     found = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), found)
     ones, eye = jnp.ones(dim, points.dtype), jnp.eye(dim, dtype=points.dtype)
-    standard = (elbo(jnp.zeros(dim, points.dtype), ones, eye, ones), jnp.zeros(dim, points.dtype), ones, eye, ones)
+    standard = (elbo(jnp.zeros((1, dim), points.dtype), ones, eye, ones)[0], jnp.zeros(dim, points.dtype), ones, eye,
+                ones)
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), found, standard)
