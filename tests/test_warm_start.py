@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import banana_log_density, gaussian_log_density
+from test_data_target import plain_logistic
 
 import flowvi
 from flowvi import flows
@@ -216,26 +217,12 @@ def test_flow_auto_options_are_checked():
         flowvi.fit(banana_log_density, dim=2, key=KEY, time_budget=10.0)
 
 
-def _logistic_target(n=4000, d=3, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(np.float32)
-    y = (rng.random(n) < 1 / (1 + np.exp(-X @ np.array([1.0, -0.5, 0.25])))).astype(np.float32)
-
-    def log_likelihood(w, row):
-        x, t = row
-        logit = x @ w
-        return t * logit - jnp.logaddexp(0.0, logit)
-
-    return flowvi.Target(log_prior=lambda w: -0.5 * jnp.sum(w ** 2), log_likelihood=log_likelihood,
-                         data=(X, y), dim=d)
-
-
 def test_the_warm_start_on_data_passed_as_arguments_is_the_one_on_the_closure():
     """Same climb, same Gaussian; and the data are inputs of the compiled climb, not constants in it."""
     from flowvi.data_target import FullDataDensity
     from flowvi.warm_start import _climb
 
-    target = _logistic_target()
+    target = plain_logistic(4000)
     spec = target.data_spec()
     data = jax.device_put(spec.data)
     density = FullDataDensity(spec.log_density)
@@ -255,7 +242,7 @@ def test_the_warm_start_on_data_passed_as_arguments_is_the_one_on_the_closure():
 def test_the_probe_on_data_passed_as_arguments_reports_and_refuses_as_on_the_closure():
     from flowvi.data_target import FullDataDensity
 
-    target = _logistic_target(n=100)
+    target = plain_logistic(100)
     spec = target.data_spec()
     data = jax.device_put(spec.data)
     report = flowvi.Target(FullDataDensity(spec.log_density), target.dim).probe(data)
