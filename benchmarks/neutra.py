@@ -187,14 +187,15 @@ def run_neutra(case: Case, key, warmup: int, samples: int, chains: int, fit_sett
     post = flowvi.fit(case.target, key=fit_key, flow=fit_settings["flow"], steps=fit_settings["steps"],
                       progress=False, **fit_settings["flow_options"])
     result = flowvi.neutra(post, mcmc_key, num_warmup=warmup, num_samples=samples, num_chains=chains,
-                           progress=False)
+                           progress=False, target_accept_prob=fit_settings.get("target_accept_prob", 0.8))
     seconds = time.perf_counter() - start
     return {"x": result.x, "seconds": seconds, "divergences": int(result.divergences.sum()),
             "min_ess": float(np.nanmin(result.ess)), "max_rhat": float(np.nanmax(result.rhat)),
             "mean_steps": float(result.stats["n_steps"].mean()), "step_size": float(result.step_size.mean()),
             "fit_seconds": float(post.fit_seconds), "mcmc_seconds": float(result.mcmc_seconds),
             "k_hat": float(result.vi.k_hat), "elbo": float(result.vi.elbo),
-            "flow": f"{fit_settings['flow']} {fit_settings['flow_options']}, {fit_settings['steps']} steps"}
+            "flow": f"{fit_settings['flow']} {fit_settings['flow_options']}, {fit_settings['steps']} steps",
+            "target_accept_prob": fit_settings.get("target_accept_prob", 0.8)}
 
 
 def moment_errors(case: Case, x: np.ndarray) -> dict:
@@ -229,8 +230,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help=f"NUTS warm-up per chain (default {FULL['warmup']})")
     p.add_argument("--samples", type=int, default=None, help=f"draws per chain (default {FULL['samples']})")
     p.add_argument("--chains", type=int, default=None, help=f"chains (default {FULL['chains']})")
-    p.add_argument("--steps", type=int, default=None, help="NeuTra fit steps (default per target)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="NeuTra fit steps (default per target; 0: the stopping rule)")
     p.add_argument("--flow", default=None, help="NeuTra flow family (default iaf)")
+    p.add_argument("--target-accept", type=float, default=0.8, help="NeuTra's NUTS target acceptance (default 0.8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     return p.parse_args(argv)
@@ -268,7 +271,8 @@ def main(argv=None) -> dict:
             fit_settings.update(flow=args.flow, flow_options={} if args.flow != fit_settings["flow"]
                                 else fit_settings["flow_options"])
         if args.steps is not None:
-            fit_settings["steps"] = args.steps
+            fit_settings["steps"] = args.steps or None  # 0: flowvi's stopping rule
+        fit_settings["target_accept_prob"] = args.target_accept
         for m_index, method in enumerate(methods):
             run_key = jax.random.fold_in(jax.random.fold_in(key, t_index), m_index)
             print(f"[{name}] {method} ...", flush=True)
