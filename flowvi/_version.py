@@ -1,3 +1,3 @@
 """The package version, in one place: `flowvi.io`, the ArviZ export and the CLI read it here."""
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
