@@ -28,6 +28,7 @@ needs. ``subsample=N`` means the full data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -114,6 +115,15 @@ class SumLikelihood:
         idx = subsample_indices(key, self.num_data, self.batch_size)
         batch = jax.tree.map(lambda a: jnp.take(jnp.asarray(a), idx, axis=0), rows)
         return self.log_prior(x) + (self.num_data / self.batch_size) * jnp.sum(each(x, batch))
+
+
+def bind_data(log_density: Callable, data: Any) -> Callable:
+    """``x -> log_density(x)``, or ``x -> log_density(x, data)`` when `data` is not None."""
+    return log_density if data is None else functools.partial(_call_with_data, log_density, data)
+
+
+def _call_with_data(log_density: Callable, data: Any, x: jax.Array) -> jax.Array:
+    return log_density(x, data)
 
 
 @dataclasses.dataclass(frozen=True)

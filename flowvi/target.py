@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowvi.data_target import DataSpec, check_data_axis, sum_likelihood_density, sum_likelihood_spec
+from flowvi.data_target import DataSpec, bind_data, check_data_axis, sum_likelihood_density, sum_likelihood_spec
 from flowvi.validation import check_names, check_positive_int
 
 _PROBE_POINTS = 16
@@ -179,8 +179,7 @@ class Target:
         """
         spec = jax.ShapeDtypeStruct((self.dim,), jnp.result_type(float))
         try:
-            out = jax.eval_shape(self.log_density if data is None else functools.partial(_swap, self.log_density, data),
-                                 spec)
+            out = jax.eval_shape(bind_data(self.log_density, data), spec)
         except Exception as err:  # noqa: BLE001 - re-raised with the argument named
             raise ValueError(f"log_density failed on an input of shape ({self.dim},): "
                              f"{type(err).__name__}: {err}") from err
@@ -219,10 +218,6 @@ class Target:
         return ProbeReport(int(np.sum(values == -np.inf)), _PROBE_POINTS)
 
 
-def _swap(log_density: Callable, data, x: jax.Array) -> jax.Array:
-    return log_density(x, data)
-
-
 def _probe_values(log_density: Callable, dim: int, data=None):
     """``(values, grads, points)`` of the log density at the `_PROBE_POINTS` standard normal probe points."""
     try:
@@ -241,8 +236,7 @@ def _probe_values(log_density: Callable, dim: int, data=None):
 
 def _probe_body(log_density: Callable, dim: int, data=None):
     # The points are jax.random.normal(key(0), (16, dim)), drawn flat: see flowvi.objectives.base_draws.
-    if data is not None:
-        log_density = functools.partial(_swap, log_density, data)
+    log_density = bind_data(log_density, data)
     points = jax.random.normal(jax.random.key(0), (_PROBE_POINTS * dim,)).reshape(_PROBE_POINTS, dim)
     values, grads = jax.vmap(jax.value_and_grad(log_density))(points)
     return values, grads, points

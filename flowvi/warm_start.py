@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flowvi.data_target import bind_data
+
 CHECKPOINTS = 12
 """Points of the L-BFGS path (evenly spread, first and last included) where a Laplace approximation is tried."""
 MAX_ITERS = 1000
@@ -182,15 +184,6 @@ def spread_starts(log_density: Callable, dim: int, key: jax.Array, num_runs: int
     return pool[chosen], ends[chosen]
 
 
-def _bind(log_density: Callable, data) -> Callable:
-    """``x -> log_density(x)``, or ``x -> log_density(x, data)`` when there are data."""
-    return log_density if data is None else functools.partial(_with_data, log_density, data)
-
-
-def _with_data(log_density: Callable, data, x: jax.Array) -> jax.Array:
-    return log_density(x, data)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _climb(log_density: Callable, x0: jax.Array, data=None):
     """L-BFGS on ``-log_density`` from ``x0: (dim,)``; the iterates ``(MAX_ITERS + 1, dim)``, their values, count.
@@ -198,7 +191,7 @@ def _climb(log_density: Callable, x0: jax.Array, data=None):
     Rows past the count repeat the last iterate. The climb stops early when an
     iteration gains less than `REL_TOL` (relative) or leaves the finite values.
     """
-    log_density = _bind(log_density, data)
+    log_density = bind_data(log_density, data)
     loss = lambda x: -log_density(x)  # noqa: E731
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -241,7 +234,7 @@ def _laplace_at(log_density: Callable, points: jax.Array, key: jax.Array, data=N
     by ELBO, than ``init="standard"``. All ELBOs use the same draws. A skipped
     point (a copy of an earlier one) costs nothing and gets ELBO ``-inf``.
     """
-    log_density = _bind(log_density, data)
+    log_density = bind_data(log_density, data)
     dim = points.shape[-1]
     noise = jax.random.normal(key, (ELBO_DRAWS, dim), points.dtype)
 
