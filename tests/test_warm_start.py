@@ -253,15 +253,3 @@ def test_the_probe_on_data_passed_as_arguments_reports_and_refuses_as_on_the_clo
     with pytest.raises(ValueError, match="log_density is NaN at"):
         flowvi.Target(FullDataDensity(bad_spec.log_density), 2).probe(jax.device_put(bad_spec.data))
 
-
-def test_a_short_climb_computes_each_checkpoint_once():
-    """Checkpoints marked as copies get ELBO -inf and are never chosen; the others are unchanged."""
-    from flowvi.warm_start import _laplace_at
-
-    points = jnp.asarray([[0.0, 0.0], [2.9, -499.0], [2.9, -499.0]])
-    every = _laplace_at(scaled_log_density, points, KEY, None, np.array([True, True, True]))
-    fresh = _laplace_at(scaled_log_density, points, KEY, None, np.array([True, True, False]))
-    np.testing.assert_array_equal(np.asarray(fresh[0][4:6]), -np.inf)
-    np.testing.assert_allclose(np.asarray(fresh[0][:4]), np.asarray(every[0][:4]), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(fresh[0][-1]), np.asarray(every[0][-1]), rtol=1e-6)
-    assert np.isfinite(np.asarray(every[0][4:6])).all()
